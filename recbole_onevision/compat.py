@@ -1,0 +1,151 @@
+"""Every workaround for RecBole 1.2.1 on today's stack, in one place.
+
+Decisions (tested in ``tests/test_compat.py``):
+
+* ``recbole.quick_start`` is never imported. It imports ``ray`` at module level, and ray
+  2.6 needs ``setuptools<81`` and NumPy 1.x. Everything it offers (``run_recbole``) is
+  re-implemented in :mod:`recbole_onevision.quick_start`, so NumPy 2 stays usable.
+* ``pandas<3``: pandas 3 changes string dtypes and breaks RecBole's atomic-file loading.
+* ``recbole.model.sequential_recommender.sine`` switches on
+  ``torch.autograd.set_detect_anomaly(True)`` when imported, and importing *any* RecBole
+  sequential model imports it. Anomaly mode makes every backward pass about 2x slower, so
+  :func:`import_recbole_models` switches it off again (opt back in with
+  ``detect_anomaly: True`` in a config).
+* ``Config.compatibility_settings`` assigns ``np.float = np.float_`` and similar, which
+  fails on NumPy 2 (``np.float_`` is gone). :func:`install_numpy_aliases` restores the old
+  aliases RecBole still uses (``np.float`` in its ranking metrics) as the builtin types they
+  always meant, and only where NumPy lacks them.
+* Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``, and RecBole's
+  checkpoints pickle the whole ``Config`` object, so ``Trainer.evaluate(load_best_model=
+  True)`` fails. Instead of loading with ``weights_only=False`` (which would run arbitrary
+  pickled code from any file handed to us), :class:`SafeCheckpointMixin` makes *our*
+  checkpoints plain tensors, numbers and strings, which the safe loader accepts. Files from
+  elsewhere still go through the safe loader unchanged.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from recbole_onevision.io import atomic_open
+
+# RecBole model packages, in the order RecBole's own ``get_model`` searches them.
+RECBOLE_MODEL_PACKAGES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+)
+
+
+def install_numpy_aliases() -> None:
+    """Old NumPy aliases RecBole 1.2.1 uses, e.g. ``np.float`` in ``evaluator/metrics.py``."""
+    import numpy as np
+
+    for name, value in {"bool": np.bool_, "int": int, "float": float, "complex": complex,
+                        "object": object, "str": str, "long": int, "unicode": str}.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def import_recbole_model_module(module_path: str):
+    """Import a RecBole model module, undoing the global side effect of ``sine.py``."""
+    anomaly = torch.is_anomaly_enabled()
+    module = importlib.import_module(module_path)
+    torch.autograd.set_detect_anomaly(anomaly)
+    return module
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)  # default protocol: the safe loader rejects 4
+
+
+def _plain_config(config) -> dict:
+    """The part of a RecBole ``Config`` a checkpoint needs, as plain strings.
+
+    RecBole reads only ``checkpoint["config"]["model"]`` back (in ``resume_checkpoint``);
+    the dataset and the full config text are kept for people inspecting the file.
+    """
+    return {"model": str(config["model"]), "dataset": str(config["dataset"]), "text": str(config)}
+
+
+def load_checkpoint(path: str, map_location=None) -> dict:
+    """Load a checkpoint with torch's safe (``weights_only``) loader, explaining failures."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint file not found: {path}") from None
+    except Exception as err:  # torch raises UnpicklingError subclasses that vary by version
+        if "weights_only" not in str(err) and "Unsupported global" not in str(err):
+            raise
+        raise ValueError(
+            f"{path}: refusing to unpickle arbitrary objects from this checkpoint. It was "
+            "probably written by stock RecBole, which pickles its whole Config. If you trust "
+            "the file, load it with torch.load(path, weights_only=False) and save "
+            "{'state_dict': ..., 'other_parameter': ...} again."
+        ) from err
+
+
+class SafeCheckpointMixin:
+    """Trainer mixin: checkpoints hold only what torch's safe loader accepts, written atomically.
+
+    Works for every RecBole trainer derived from ``recbole.trainer.Trainer`` (they share
+    ``_save_checkpoint``, ``resume_checkpoint`` and ``evaluate``).
+    """
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": _plain_config(self.config),
+            "epoch": int(epoch),
+            "cur_step": int(self.cur_step),
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        atomic_torch_save(state, saved_model_file)
+        if verbose:
+            self.logger.info(f"Saving current: {saved_model_file}")
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            raise ValueError(
+                f"{resume_file}: checkpoint of model {checkpoint['config']['model']}, "
+                f"but this run trains {self.config['model']}"
+            )
+        self.saved_model_file = resume_file
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and eval_data:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, False, model_file, show_progress)
+
+
+def with_safe_checkpoints(trainer_class):
+    """Return ``trainer_class`` with :class:`SafeCheckpointMixin` mixed in (idempotent)."""
+    from recbole.trainer import Trainer
+
+    if not issubclass(trainer_class, Trainer) or issubclass(trainer_class, SafeCheckpointMixin):
+        return trainer_class
+    return type(trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {
+        "__module__": __name__, "__doc__": trainer_class.__doc__})

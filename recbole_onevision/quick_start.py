@@ -1,0 +1,101 @@
+"""Train and evaluate one model on one dataset: RecBole's ``run_recbole``, plugin-aware.
+
+RecBole's own ``recbole.quick_start`` is never imported (it drags in ``ray``; see
+:mod:`recbole_onevision.compat`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from logging import getLogger
+
+from recbole.data import data_preparation
+from recbole.utils import get_environment, init_logger, init_seed, set_color
+
+from recbole_onevision.config import Config
+from recbole_onevision.io import atomic_write_text
+from recbole_onevision.registry import create_dataset, get_model, get_trainer
+
+
+def check_dataset_files(config) -> None:
+    """Fail early, naming the folder, when the dataset's ``.inter`` file is missing."""
+    data_path, name = config["data_path"], config["dataset"]
+    inter = os.path.join(data_path, f"{name}.inter")
+    if os.path.isfile(inter):
+        return
+    root = os.path.dirname(os.path.normpath(data_path))
+    found = sorted(
+        d for d in (os.listdir(root) if os.path.isdir(root) else [])
+        if os.path.isfile(os.path.join(root, d, f"{d}.inter"))
+    )
+    raise FileNotFoundError(
+        f"dataset {name!r}: {inter} not found. Datasets under {root or '.'}: "
+        f"{', '.join(found) or '(none)'}; RecBole also bundles ml-100k. Convert the Amazon "
+        "files with `python -m recbole_onevision.data.convert s3rec --help`."
+    )
+
+
+def result_table(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table: one row per split, one column per metric."""
+    metrics = list(next(iter(rows.values())))
+    lines = ["| split | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for split, values in rows.items():
+        lines.append(f"| {split} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None,
+        saved=True) -> dict:
+    """Build config, data, model and trainer; train; test on the best validation checkpoint.
+
+    Returns RecBole's result dict plus ``train_seconds``, ``config`` and ``results_file``.
+    """
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    check_dataset_files(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+    start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    train_seconds = time.time() - start
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+    logger.info("The running environment of this training is as follows:\n"
+                + get_environment(config).draw())
+
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": dict(best_valid_result or {}),
+        "test_result": dict(test_result or {}),
+        "train_seconds": train_seconds,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+    results_file = os.path.join(
+        config["checkpoint_dir"], f"{config['model']}-{config['dataset']}-{int(start)}.json")
+    atomic_write_text(results_file, json.dumps(result, indent=2, default=float) + "\n")
+    result["results_file"] = results_file
+    result["config"] = config
+
+    if result["test_result"]:
+        table = result_table({"valid": result["best_valid_result"], "test": result["test_result"]})
+        logger.info(set_color("results", "yellow") + f" ({config['model']} on {config['dataset']}, "
+                    f"trained {train_seconds:.0f}s)\n{table}\nsaved to {results_file}")
+    return result

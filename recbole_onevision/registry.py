@@ -1,0 +1,114 @@
+"""Find models, trainers and datasets: this plugin first, then RecBole (the RecBole-GNN way).
+
+Plugin models are the classes exported by :mod:`recbole_onevision.model` plus any class
+registered at run time with :func:`register_model` (handy for a researcher's own model).
+Their default hyper-parameters live in ``properties/model/<Model>.yaml`` next to the class.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from recbole_onevision.compat import (
+    RECBOLE_MODEL_PACKAGES,
+    import_recbole_model_module,
+    with_safe_checkpoints,
+)
+
+PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
+
+# name -> (class, yaml file or None); filled by register_model
+_REGISTERED: dict[str, tuple[type, str | None]] = {}
+
+
+def register_model(model_class: type, properties_file: str | None = None) -> type:
+    """Make ``model_class`` reachable by name from ``run.py``/``Config``/``get_model``.
+
+    ``properties_file`` is a YAML of default hyper-parameters (optional).
+    """
+    if properties_file is not None and not os.path.isfile(properties_file):
+        raise FileNotFoundError(f"properties file for {model_class.__name__} not found: {properties_file}")
+    _REGISTERED[model_class.__name__] = (model_class, properties_file)
+    return model_class
+
+
+def plugin_model_names() -> list[str]:
+    import recbole_onevision.model as plugin_models
+
+    return sorted(set(getattr(plugin_models, "__all__", [])) | set(_REGISTERED))
+
+
+def recbole_model_names() -> list[str]:
+    """RecBole's built-in models: one ``properties/model/<Model>.yaml`` each."""
+    import recbole
+
+    directory = os.path.join(os.path.dirname(recbole.__file__), "properties", "model")
+    return sorted(f[:-5] for f in os.listdir(directory) if f.endswith(".yaml"))
+
+
+def get_model(model_name: str) -> type:
+    """The model class called ``model_name``: plugin first, then RecBole's built-ins."""
+    if model_name in _REGISTERED:
+        return _REGISTERED[model_name][0]
+    import recbole_onevision.model as plugin_models
+
+    if model_name in getattr(plugin_models, "__all__", []):
+        return getattr(plugin_models, model_name)
+    module_name = model_name.lower()
+    for package in RECBOLE_MODEL_PACKAGES:
+        path = f"recbole.model.{package}.{module_name}"
+        try:  # find_spec imports the package: exlib_recommender needs xgboost/lightgbm
+            found = importlib.util.find_spec(path) is not None
+        except ImportError:
+            continue
+        if found:
+            module = import_recbole_model_module(path)
+            if hasattr(module, model_name):
+                return getattr(module, model_name)
+    raise ValueError(
+        f"unknown model {model_name!r} (names are case-sensitive). "
+        f"Plugin models: {', '.join(plugin_model_names()) or '(none)'}. "
+        f"RecBole models: {', '.join(recbole_model_names())}."
+    )
+
+
+def model_properties_file(model_name: str) -> str | None:
+    """The plugin's default YAML for ``model_name``, or None (RecBole then uses its own)."""
+    if model_name in _REGISTERED:
+        return _REGISTERED[model_name][1]
+    path = os.path.join(PROPERTIES_DIR, "model", f"{model_name}.yaml")
+    return path if os.path.isfile(path) else None
+
+
+def dataset_properties_file(dataset_name: str) -> str | None:
+    path = os.path.join(PROPERTIES_DIR, "dataset", f"{dataset_name}.yaml")
+    return path if os.path.isfile(path) else None
+
+
+def get_trainer(model_type, model_name: str) -> type:
+    """``recbole_onevision.trainer.<Model>Trainer`` if it exists, else RecBole's choice.
+
+    Every trainer comes back with safe, atomic checkpoints (see :mod:`compat`).
+    """
+    import recbole_onevision.trainer as plugin_trainers
+    from recbole.utils import get_trainer as recbole_get_trainer
+
+    trainer = getattr(plugin_trainers, f"{model_name}Trainer", None)
+    if trainer is None:
+        trainer = recbole_get_trainer(model_type, model_name)
+    return with_safe_checkpoints(trainer)
+
+
+def create_dataset(config):
+    """``recbole_onevision.data.dataset.<Model>Dataset`` (or ``dataset_class`` in the config)
+    if the plugin has it, else RecBole's ``create_dataset``."""
+    import recbole_onevision.data.dataset as plugin_datasets
+    from recbole.data import create_dataset as recbole_create_dataset
+
+    explicit = config["dataset_class"]  # Config returns None for unset keys
+    dataset_class = getattr(plugin_datasets, explicit or f"{config['model']}Dataset", None)
+    if dataset_class is not None:
+        return dataset_class(config)
+    if explicit:
+        raise ValueError(f"dataset_class {explicit!r} is not a class of recbole_onevision.data.dataset")
+    return recbole_create_dataset(config)

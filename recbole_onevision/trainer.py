@@ -1,0 +1,1 @@
+"""Plugin trainers: ``<Model>Trainer`` here is picked for ``<Model>`` by the registry."""

@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Train and evaluate a model on a dataset: plugin models and every RecBole model alike.
+
+Examples:
+    python run.py                                   # SASRec on ml-100k (bundled with RecBole)
+    python run.py --model=SASRec --dataset=Beauty   # after converting Beauty, see README
+    python run.py --model=GRU4Rec --dataset=Beauty --epochs=5 --learning_rate=0.002
+"""
+from recbole_onevision.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+# Pinned to versions tested together (see recbole_onevision/compat.py for why):
+# torch 2.13.0 CPU build (a looser range pulls a multi-GB CUDA build), RecBole 1.2.1 without
+# its quick_start module (so NumPy 2 works), pandas < 3 (pandas 3 breaks RecBole's loader).
+INSTALL_REQUIRES = [
+    "torch==2.13.0",
+    "recbole==1.2.1",
+    "numpy>=1.26,<3",
+    "pandas>=2.2,<3",
+    "scikit-learn>=1.3",
+    "pyyaml>=6.0",
+]
+
+setup(
+    name="recbole-onevision",
+    version="0.1.0",
+    description="OneVision (generative multi-view vision search with semantic IDs) as RecBole plugins",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["recbole_onevision", "recbole_onevision.*"]),
+    package_data={"recbole_onevision": ["properties/*.yaml", "properties/*/*.yaml"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=8"]},
+    license="MIT",
+)

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+S3REC = os.path.join(SHARED_DATA, "amazon-s3rec")
+
+
+@pytest.fixture
+def s3rec_dir():
+    if not os.path.isfile(os.path.join(S3REC, "Beauty.txt")):
+        pytest.skip(f"real Amazon data not found at {S3REC} (../shared/data is absent on this machine)")
+    return S3REC
+
+
+@pytest.fixture
+def quiet_config():
+    """Config keys that keep test runs small and their files inside a temp folder."""
+    def make(tmp_path, **extra):
+        return {"show_progress": False, "checkpoint_dir": str(tmp_path / "saved"),
+                "state": "WARNING", **extra}
+    return make

@@ -1,0 +1,51 @@
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recbole_onevision import registry
+from recbole_onevision.compat import atomic_torch_save, load_checkpoint
+
+
+def test_run_path_never_imports_ray_or_quick_start():
+    code = (
+        "import sys, recbole_onevision.quick_start, recbole_onevision.cli\n"
+        "from recbole_onevision.registry import get_model, get_trainer\n"
+        "get_model('SASRec'); get_model('BERT4Rec'); get_model('Pop')\n"
+        "bad = [m for m in sys.modules if m == 'ray' or m.startswith('recbole.quick_start')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sequential_models_do_not_leave_anomaly_detection_on():
+    registry.get_model("SINE")  # the module that switches it on at import time
+    assert not torch.is_anomaly_enabled()
+
+
+def test_numpy_aliases_recbole_needs():
+    from recbole_onevision.compat import install_numpy_aliases
+    import numpy as np
+
+    install_numpy_aliases()
+    assert np.zeros(2, dtype=np.float).dtype == np.float64
+
+
+def test_safe_loader_reads_our_checkpoints_and_refuses_pickled_objects(tmp_path):
+    ours = tmp_path / "ours.pth"
+    atomic_torch_save({"config": {"model": "X"}, "state_dict": {"w": torch.ones(2)},
+                       "best_valid_score": float("-inf")}, str(ours))
+    assert load_checkpoint(str(ours))["state_dict"]["w"].sum() == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["ours.pth"]  # no temp file left behind
+
+    class Foreign:  # anything a stranger's pickle could smuggle in
+        pass
+
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"config": Foreign()}, str(foreign))
+    with pytest.raises(ValueError, match="foreign.pth: refusing to unpickle"):
+        load_checkpoint(str(foreign))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_checkpoint(str(tmp_path / "missing.pth"))
