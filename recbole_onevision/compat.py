@@ -51,10 +51,13 @@ def install_numpy_aliases() -> None:
 
 
 def import_recbole_model_module(module_path: str):
-    """Import a RecBole model module, undoing the global side effect of ``sine.py``."""
-    anomaly = torch.is_anomaly_enabled()
+    """Import a RecBole model module and switch off the anomaly mode ``sine.py`` turns on.
+
+    Switched off, not restored: the flag may have been set by an earlier plain import of
+    RecBole's sequential models. ``Config`` then applies ``detect_anomaly`` from the config.
+    """
     module = importlib.import_module(module_path)
-    torch.autograd.set_detect_anomaly(anomaly)
+    torch.autograd.set_detect_anomaly(False)
     return module
 
 

@@ -7,6 +7,7 @@ import torch
 
 from recbole_onevision import registry
 from recbole_onevision.compat import atomic_torch_save, load_checkpoint
+from recbole_onevision.config import Config
 
 
 def test_run_path_never_imports_ray_or_quick_start():
@@ -40,11 +41,9 @@ def test_safe_loader_reads_our_checkpoints_and_refuses_pickled_objects(tmp_path)
     assert load_checkpoint(str(ours))["state_dict"]["w"].sum() == 2
     assert [p.name for p in tmp_path.iterdir()] == ["ours.pth"]  # no temp file left behind
 
-    class Foreign:  # anything a stranger's pickle could smuggle in
-        pass
-
+    # what stock RecBole writes: its whole Config pickled (any object could be in its place)
     foreign = tmp_path / "foreign.pth"
-    torch.save({"config": Foreign()}, str(foreign))
+    torch.save({"config": Config("Pop", "ml-100k"), "state_dict": {}}, str(foreign))
     with pytest.raises(ValueError, match="foreign.pth: refusing to unpickle"):
         load_checkpoint(str(foreign))
     with pytest.raises(FileNotFoundError, match="missing.pth"):

@@ -78,7 +78,7 @@ def test_overrides_reach_config_with_precedence(tmp_path):
     assert config["learning_rate"] == 0.02  # command line beats the file
     assert config["epochs"] == 7
     assert config["topk"] == [5, 10]
-    assert config["train_neg_sample_args"] is None  # CE loss needs no sampled negatives
+    assert config["train_neg_sample_args"]["distribution"] == "none"  # CE needs no negatives
 
 
 @pytest.mark.parametrize("args, message", [
