@@ -15,7 +15,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_onevision.config import Config
 from recbole_onevision.io import atomic_write_text
-from recbole_onevision.registry import create_dataset, get_model, get_trainer
+from recbole_onevision.registry import create_dataset, get_trainer
 
 
 def check_dataset_files(config) -> None:
@@ -63,7 +63,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    # the class Config resolved; looking it up again would reset ``detect_anomaly``
+    model = config.model_class(config, train_data._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
@@ -86,6 +87,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result or {}),
         "train_seconds": train_seconds,
+        "settings": {k: config[k] for k in ("seed", "epochs", "train_batch_size", "learning_rate",
+                                            "MAX_ITEM_LIST_LENGTH", "loss_type", "eval_args")},
         "checkpoint": trainer.saved_model_file if saved else None,
     }
     results_file = os.path.join(

@@ -48,3 +48,10 @@ def test_safe_loader_reads_our_checkpoints_and_refuses_pickled_objects(tmp_path)
         load_checkpoint(str(foreign))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_checkpoint(str(tmp_path / "missing.pth"))
+
+
+def test_detect_anomaly_config_switch():
+    Config("SASRec", "ml-100k", config_dict={"detect_anomaly": True})
+    assert torch.is_anomaly_enabled()
+    Config("SASRec", "ml-100k")
+    assert not torch.is_anomaly_enabled()
