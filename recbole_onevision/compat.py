@@ -15,6 +15,9 @@ Decisions (tested in ``tests/test_compat.py``):
   fails on NumPy 2 (``np.float_`` is gone). :func:`install_numpy_aliases` restores the old
   aliases RecBole still uses (``np.float`` in its ranking metrics) as the builtin types they
   always meant, and only where NumPy lacks them.
+* RecBole's ``overall.yaml`` samples one training negative by default and then refuses
+  CE-loss models (SASRec's default) unless the user writes ``train_neg_sample_args: ~``.
+  :func:`no_default_negatives_for_ce` drops the default for CE losses (not a user's choice).
 * Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``, and RecBole's
   checkpoints pickle the whole ``Config`` object, so ``Trainer.evaluate(load_best_model=
   True)`` fails. Instead of loading with ``weights_only=False`` (which would run arbitrary
@@ -48,6 +51,12 @@ def install_numpy_aliases() -> None:
                         "object": object, "str": str, "long": int, "unicode": str}.items():
         if name not in np.__dict__:
             setattr(np, name, value)
+
+
+def no_default_negatives_for_ce(final: dict, external: dict) -> None:
+    """CE needs no sampled negatives: drop RecBole's default unless the user set one."""
+    if final.get("loss_type") == "CE" and "train_neg_sample_args" not in external:
+        final["train_neg_sample_args"] = None
 
 
 def import_recbole_model_module(module_path: str):

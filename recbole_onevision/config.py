@@ -13,7 +13,7 @@ import torch
 from recbole.config import Config as RecBoleConfig
 
 from recbole_onevision import registry
-from recbole_onevision.compat import install_numpy_aliases
+from recbole_onevision.compat import install_numpy_aliases, no_default_negatives_for_ce
 
 
 class Config(RecBoleConfig):
@@ -60,11 +60,7 @@ class Config(RecBoleConfig):
 
     def _get_final_config_dict(self):
         final = super()._get_final_config_dict()
-        # RecBole's overall.yaml samples one negative by default, and RecBole then rejects
-        # CE-loss models (SASRec's default) unless the user writes train_neg_sample_args: ~.
-        # CE needs no negatives, so drop the default unless the user set it explicitly.
-        if final.get("loss_type") == "CE" and "train_neg_sample_args" not in self.external_config_dict:
-            final["train_neg_sample_args"] = None
+        no_default_negatives_for_ce(final, self.external_config_dict)
         return final
 
     def _load_internal_config_dict(self, model, model_class, dataset):
