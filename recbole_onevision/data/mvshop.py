@@ -1,0 +1,321 @@
+"""MVShop: a seeded, generated multi-view shop with users, the project's bundled default data.
+
+DRAFT (issue 3, not wired into run.py yet): the story and the file layout below work and are
+deterministic, but the parameters do not yet give the "two halves" property the issue asks
+for. Measured on mini (seed 2025): raw query->view nearest neighbour finds the pictured
+product at hit@1 0.82 / hit@10 0.98 (too easy: little room for VRQ), the clicked item at
+hit@10 0.61, history alone 0.02, and a logistic taste reranker (query cosine, brand share of
+the user's history, price distance) over the query's top 30 only 0.62: the look-alikes a user
+picks instead are rarely near the query. See the issue note for what to change.
+
+    python -m recbole_onevision.data.mvshop --scale mini|small|large --out dataset/ [--seed 2025]
+
+The generative story (documented with its parameters in docs/data.md):
+
+1. A category tree of ``len(branching)`` levels. Every node has a random direction; a leaf's
+   visual prototype is the weighted sum of its ancestors' directions, so products of nearby
+   categories look alike.
+2. Brands, each with a visual style, a price tier and a few top-level categories it sells in.
+3. Items: a leaf (Zipf-popular), a brand that sells there, a price (leaf base price x brand tier
+   x noise) and an appearance = prototype + brand style + the item's own details, whose first
+   ``style_dims`` coordinates are the item's *style* (what users have tastes about).
+4. Catalogue views: each item seen ``views_per_item`` times, each view through its own mild
+   distortion (a near-identity rotation) plus small noise.
+5. Query photos: the pictured product through a *stronger, different* distortion: a larger
+   rotation (viewpoint), gain (lighting), background clutter along shared directions, occluded
+   coordinates and more noise. This is the multi-view gap OneVision exists to bridge.
+6. Users: tastes over top-level categories, a few favourite brands, a preferred price level,
+   a preferred style, and how strongly they stick to what they photographed; their profile shows an age group (tied to price level) and a region (tied to taste).
+7. Sessions: a user photographs a product of a category they like, then weighs it against
+   its ``similar_k`` visually closest products of the same leaf and clicks one, by their own
+   utility (brand, price, style) plus a personal bias towards what they photographed
+   (``pictured_bias``). Orders are a utility-dependent subset of clicks.
+
+So the query alone cannot say *which* of several similar products this user picks, and the
+history alone cannot say *what* was photographed (tests/test_mvshop.py checks both).
+
+Files written to ``<out>/mvshop-<scale>/`` (RecBole atomic files plus ``.npy`` matrices whose
+rows follow the rows of the atomic file of the same name): ``.item``, ``.user``, ``.inter``,
+``.view`` + ``.view.npy``, ``.query`` + ``.query.npy``, and ``.json`` with the spec and seed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from recbole_onevision.data.atomic import write_atomic_file
+from recbole_onevision.io import atomic_open, atomic_write_text
+
+logger = logging.getLogger(__name__)
+GENERATOR_VERSION = 1  # bump whenever the story changes: cached folders are reused by it
+
+
+@dataclasses.dataclass(frozen=True)
+class MVShopSpec:
+    n_items: int
+    n_users: int
+    sessions_per_user: float  # mean; each user gets at least 5 (leave-one-out needs history)
+    branching: tuple[int, ...]  # children per node, level by level
+    n_brands: int
+    dim: int = 64
+    views_per_item: int = 3
+    style_dims: int = 4
+    similar_k: int = 8  # how many look-alikes of the pictured product a user chooses among
+    level_weights: tuple[float, ...] = (1.0, 0.7, 0.5)
+    brand_weight: float = 0.45
+    detail_weight: float = 0.7
+    view_rotation: float = 0.15  # catalogue views: mild
+    view_noise: float = 0.1
+    query_rotation: float = 0.6  # query photos: strong, and a different transform
+    query_noise: float = 0.4
+    query_clutter: float = 0.5
+    query_occlusion: float = 0.2  # share of coordinates zeroed
+    pictured_bias: tuple[float, float] = (2.0, 1.0)  # mean, sd of a user's extra liking for what they photographed
+
+
+SCALES = {
+    "mini": MVShopSpec(n_items=3000, n_users=600, sessions_per_user=12, branching=(4, 3, 3), n_brands=60),
+    "small": MVShopSpec(n_items=50_000, n_users=10_000, sessions_per_user=15, branching=(8, 5, 4), n_brands=600),
+    "large": MVShopSpec(n_items=1_000_000, n_users=100_000, sessions_per_user=15, branching=(10, 8, 8),
+                        n_brands=5000),
+}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _near_identity_rotation(rng: np.random.Generator, dim: int, strength: float) -> np.ndarray:
+    """An orthogonal matrix close to the identity (larger ``strength`` -> further away)."""
+    q, r = np.linalg.qr(np.eye(dim) + strength / np.sqrt(dim) * rng.standard_normal((dim, dim)))
+    return (q * np.sign(np.diag(r))).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Catalogue:
+    leaf_of: np.ndarray  # item -> leaf index
+    brand_of: np.ndarray
+    price: np.ndarray
+    appearance: np.ndarray  # (items, dim), unit norm
+    style: np.ndarray  # (items, style_dims)
+    leaf_paths: list[tuple[int, ...]]  # leaf -> path of child indices from the root
+    leaf_items: list[np.ndarray]  # leaf -> items, most popular first
+    leaf_base_price: np.ndarray
+
+
+def make_catalogue(spec: MVShopSpec, rng: np.random.Generator) -> Catalogue:
+    paths = [()]
+    directions = {}
+    for level, fanout in enumerate(spec.branching):
+        paths = [p + (c,) for p in paths for c in range(fanout)]
+        for p in paths:
+            directions[p] = rng.standard_normal(spec.dim).astype(np.float32)
+    n_leaves = len(paths)
+    weights = spec.level_weights[: len(spec.branching)]
+    prototypes = _unit(np.stack([
+        sum(w * _unit(directions[path[: d + 1]]) for d, w in enumerate(weights)) for path in paths]))
+    top_of_leaf = np.array([p[0] for p in paths])
+
+    brand_style = _unit(rng.standard_normal((spec.n_brands, spec.dim)).astype(np.float32))
+    brand_tier = np.exp(rng.normal(0, 0.4, spec.n_brands))
+    n_top = spec.branching[0]
+    brand_tops = [rng.choice(n_top, size=min(n_top, 1 + rng.poisson(1)), replace=False)
+                  for _ in range(spec.n_brands)]
+    brands_of_top = [np.array([b for b in range(spec.n_brands) if t in brand_tops[b]]) for t in range(n_top)]
+    brands_of_top = [b if len(b) else np.arange(spec.n_brands) for b in brands_of_top]
+
+    leaf_pop = rng.zipf(1.6, n_leaves).clip(max=50).astype(float)
+    leaf_of = rng.choice(n_leaves, size=spec.n_items, p=leaf_pop / leaf_pop.sum())
+    leaf_base_price = np.exp(rng.normal(3.0, 0.8, n_leaves))
+    u = rng.random(spec.n_items)
+    brand_of = np.empty(spec.n_items, dtype=np.int64)
+    for t in range(n_top):
+        idx = np.flatnonzero(top_of_leaf[leaf_of] == t)
+        brand_of[idx] = brands_of_top[t][(u[idx] * len(brands_of_top[t])).astype(int)]
+    price = np.round(leaf_base_price[leaf_of] * brand_tier[brand_of] * np.exp(rng.normal(0, 0.25, spec.n_items)), 2)
+
+    detail = _unit(rng.standard_normal((spec.n_items, spec.dim)).astype(np.float32))
+    appearance = _unit(prototypes[leaf_of] + spec.brand_weight * brand_style[brand_of]
+                       + spec.detail_weight * detail)
+    style = detail[:, : spec.style_dims] * np.sqrt(spec.dim)  # about unit variance per coordinate
+
+    popularity = rng.zipf(1.8, spec.n_items).clip(max=200)
+    leaf_items = []
+    for leaf in range(n_leaves):
+        items = np.flatnonzero(leaf_of == leaf)
+        leaf_items.append(items[np.argsort(-popularity[items], kind="stable")])
+    return Catalogue(leaf_of, brand_of, price, appearance, style, paths, leaf_items, leaf_base_price)
+
+
+def catalogue_views(spec: MVShopSpec, cat: Catalogue, rng: np.random.Generator) -> np.ndarray:
+    """(items * views_per_item, dim): view k of item i at row i * views_per_item + k."""
+    n, v = len(cat.leaf_of), spec.views_per_item
+    out = np.empty((n * v, spec.dim), dtype=np.float32)
+    for k in range(v):
+        rotation = _near_identity_rotation(rng, spec.dim, spec.view_rotation)
+        noisy = cat.appearance @ rotation.T + spec.view_noise / np.sqrt(spec.dim) * rng.standard_normal(
+            (n, spec.dim)).astype(np.float32)
+        out[k::v] = _unit(noisy)
+    return out
+
+
+def query_photos(spec: MVShopSpec, cat: Catalogue, pictured: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One embedding per query: the pictured product through the phone-photo transform."""
+    rotation = _near_identity_rotation(rng, spec.dim, spec.query_rotation)
+    clutter_basis = _unit(rng.standard_normal((4, spec.dim)).astype(np.float32))
+    n = len(pictured)
+    x = cat.appearance[pictured] @ rotation.T
+    x *= rng.uniform(0.6, 1.4, (n, 1)).astype(np.float32)  # lighting gain
+    x += spec.query_clutter * _unit(rng.standard_normal((n, 4)).astype(np.float32)) @ clutter_basis
+    x += spec.query_noise / np.sqrt(spec.dim) * rng.standard_normal((n, spec.dim)).astype(np.float32)
+    x[rng.random((n, spec.dim)) < spec.query_occlusion] = 0.0
+    return _unit(x)
+
+
+@dataclasses.dataclass
+class Users:
+    top_taste: np.ndarray  # (users, top categories), rows sum to 1
+    favourite_brands: list[np.ndarray]
+    price_offset: np.ndarray  # preferred log-price relative to a leaf's base price
+    style: np.ndarray  # (users, style_dims)
+    pictured_bias: np.ndarray
+    age: np.ndarray
+    region: np.ndarray
+
+
+def make_users(spec: MVShopSpec, cat: Catalogue, rng: np.random.Generator) -> Users:
+    n, n_top = spec.n_users, spec.branching[0]
+    taste = rng.dirichlet(np.full(n_top, 0.3), n)
+    # favourite brands are brands the user meets: drawn from the items of the categories they like
+    items_of_top = [np.flatnonzero(np.array([cat.leaf_paths[l][0] for l in cat.leaf_of]) == t) for t in range(n_top)]
+    favourites = []
+    for u in range(n):
+        tops = rng.choice(n_top, size=3, p=taste[u])
+        favourites.append(np.array([cat.brand_of[rng.choice(items_of_top[t])] if len(items_of_top[t])
+                                    else rng.integers(spec.n_brands) for t in tops]))
+    price_offset = rng.normal(0, 0.5, n)
+    age = np.digitize(price_offset + rng.normal(0, 0.3, n), [-0.6, -0.2, 0.2, 0.6])
+    region = np.argmax(taste + rng.gumbel(0, 0.1, taste.shape), axis=1) % 5
+    return Users(
+        top_taste=taste,
+        favourite_brands=favourites,
+        price_offset=price_offset,
+        style=_unit(rng.standard_normal((n, spec.style_dims))),
+        pictured_bias=rng.normal(*spec.pictured_bias, n),
+        age=age,
+        region=region,
+    )
+
+
+def utility(cat: Catalogue, users: Users, user: int, items: np.ndarray) -> np.ndarray:
+    """How much ``user`` likes ``items``: favourite brand, price fit and style match."""
+    brand = np.isin(cat.brand_of[items], users.favourite_brands[user]).astype(float)
+    wanted = np.log(cat.leaf_base_price[cat.leaf_of[items]]) + users.price_offset[user]
+    price_fit = -np.abs(np.log(cat.price[items]) - wanted)
+    style = cat.style[items] @ users.style[user]
+    return 2.5 * brand + 2.0 * price_fit + 0.5 * style
+
+
+def make_sessions(spec: MVShopSpec, cat: Catalogue, users: Users, rng: np.random.Generator):
+    """Rows (user, pictured, clicked, ordered, timestamp), in time order per user."""
+    top_of_leaf = np.array([p[0] for p in cat.leaf_paths])
+    leaves_of_top = [np.array([l for l in np.flatnonzero(top_of_leaf == t) if len(cat.leaf_items[l])])
+                     for t in range(spec.branching[0])]
+    counts = np.maximum(5, rng.poisson(spec.sessions_per_user, spec.n_users))
+    rows = []
+    for user in range(spec.n_users):
+        taste = users.top_taste[user] * np.array([len(l) > 0 for l in leaves_of_top])
+        times = np.sort(rng.uniform(0, 1000.0, counts[user])).round(3)  # users interleave in time
+        for clock in times:
+            top = rng.choice(len(taste), p=taste / taste.sum())
+            leaf = rng.choice(leaves_of_top[top])
+            items = cat.leaf_items[leaf]
+            rank = min(int(rng.zipf(1.5)) - 1, len(items) - 1)  # popular products get photographed more
+            pictured = items[rank]
+            # the user weighs the pictured product against its closest look-alikes
+            others = items[items != pictured]
+            sims = cat.appearance[others] @ cat.appearance[pictured]
+            options = np.concatenate([[pictured], others[np.argsort(-sims, kind="stable")[: spec.similar_k]]])
+            u = utility(cat, users, user, options)
+            u[0] += users.pictured_bias[user]
+            p = np.exp(2.0 * (u - u.max()))
+            clicked = options[rng.choice(len(options), p=p / p.sum())]
+            buy = 1 / (1 + np.exp(-(utility(cat, users, user, np.array([clicked]))[0] - 0.5)))
+            rows.append((user, pictured, clicked, rng.random() < buy, float(clock)))
+    return rows
+
+
+def generate(scale: str, out: str, seed: int = 2025, spec: MVShopSpec | None = None) -> str:
+    """Generate MVShop ``scale`` into ``out/mvshop-<scale>/``; returns that folder.
+
+    Reuses an existing folder whose ``.json`` records the same spec, seed and generator
+    version (so ``run.py`` can call this on every start); anything else is regenerated.
+    """
+    if scale not in SCALES and spec is None:
+        raise ValueError(f"unknown MVShop scale {scale!r}; expected one of {', '.join(SCALES)}")
+    spec = spec or SCALES[scale]
+    name = f"mvshop-{scale}"
+    folder = os.path.join(out, name)
+    meta = {"generator_version": GENERATOR_VERSION, "seed": seed, "spec": dataclasses.asdict(spec)}
+    meta_path = os.path.join(folder, f"{name}.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            if json.load(f) == json.loads(json.dumps(meta)):
+                logger.info("%s: up to date (%s)", name, meta_path)
+                return folder
+    start = time.time()
+    rng = np.random.default_rng(seed)
+    logger.info("%s: generating %d items, %d users (seed %d)", name, spec.n_items, spec.n_users, seed)
+    cat = make_catalogue(spec, rng)
+    views = catalogue_views(spec, cat, rng)
+    users = make_users(spec, cat, rng)
+    sessions = make_sessions(spec, cat, users, rng)
+    pictured = np.array([s[1] for s in sessions])
+    queries = query_photos(spec, cat, pictured, rng)
+
+    path = lambda ext: os.path.join(folder, f"{name}.{ext}")  # noqa: E731
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # the folder is stale until the new .json lands last
+    category_tokens = [["c" + "_".join(map(str, p[: d + 1])) for d in range(len(p))] for p in cat.leaf_paths]
+    write_atomic_file(path("item"), ["item_id:token", "category:token_seq", "brand:token", "price:float"],
+                      ((f"i{i}", category_tokens[cat.leaf_of[i]], f"b{cat.brand_of[i]}", cat.price[i])
+                       for i in range(spec.n_items)))
+    write_atomic_file(path("user"), ["user_id:token", "age:token", "region:token"],
+                      ((f"u{u}", f"age{users.age[u]}", f"r{users.region[u]}") for u in range(spec.n_users)))
+    write_atomic_file(path("inter"), ["user_id:token", "item_id:token", "query_id:token", "timestamp:float",
+                                      "behaviour:token"],
+                      ((f"u{u}", f"i{c}", f"q{k}", t, "order" if o else "click")
+                       for k, (u, _, c, o, t) in enumerate(sessions)))
+    write_atomic_file(path("query"), ["query_id:token", "product_id:token"],
+                      ((f"q{k}", f"i{p}") for k, p in enumerate(pictured)))
+    write_atomic_file(path("view"), ["view_id:token", "item_id:token"],
+                      ((f"v{r}", f"i{r // spec.views_per_item}") for r in range(len(views))))
+    for ext, matrix in (("query.npy", queries), ("view.npy", views)):
+        with atomic_open(path(ext), "wb") as f:
+            np.save(f, matrix)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    logger.info("%s: %d sessions, %d views written to %s in %.1fs", name, len(sessions), len(views),
+                folder, time.time() - start)
+    return folder
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m recbole_onevision.data.mvshop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="mini")
+    parser.add_argument("--out", default="dataset", help="data_path to write into (default: dataset)")
+    parser.add_argument("--seed", type=int, default=2025)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    generate(args.scale, args.out, args.seed)
+
+
+if __name__ == "__main__":
+    main()
