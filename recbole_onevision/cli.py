@@ -5,7 +5,7 @@ import argparse
 import sys
 
 DEFAULT_MODEL = "SASRec"
-DEFAULT_DATASET = "ml-100k"
+DEFAULT_DATASET = "mvshop-mini"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", "-m", default=DEFAULT_MODEL,
                         help=f"model class name, case-sensitive (default: {DEFAULT_MODEL})")
     parser.add_argument("--dataset", "-d", default=DEFAULT_DATASET,
-                        help="dataset folder name under data_path (default: dataset/); "
-                        f"default: {DEFAULT_DATASET}")
+                        help="dataset folder name under data_path (dataset/ unless overridden); MVShop "
+                        f"scales are generated on first use (default: {DEFAULT_DATASET})")
     parser.add_argument("--config_files", default=None,
                         help="space- or comma-separated YAML config files")
     return parser

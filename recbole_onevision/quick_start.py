@@ -14,6 +14,7 @@ from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_onevision.config import Config
+from recbole_onevision.data import mvshop
 from recbole_onevision.io import atomic_write_text
 from recbole_onevision.registry import create_dataset, get_trainer
 
@@ -31,8 +32,9 @@ def check_dataset_files(config) -> None:
     )
     raise FileNotFoundError(
         f"dataset {name!r}: {inter} not found. Datasets under {root or '.'}: "
-        f"{', '.join(found) or '(none)'}; RecBole also bundles ml-100k. Convert the Amazon "
-        "files with `python -m recbole_onevision.data.convert s3rec --help`."
+        f"{', '.join(found) or '(none)'}; generated on demand: mvshop-mini, mvshop-small, "
+        "mvshop-large; RecBole bundles ml-100k. Convert the Amazon files with "
+        "`python -m recbole_onevision.data.convert s3rec --help`."
     )
 
 
@@ -56,6 +58,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     init_logger(config)
     logger = getLogger()
     logger.info(config)
+    # bundled data is generated on first use (and reused after: the generator checks its spec)
+    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])))
     check_dataset_files(config)
 
     dataset = create_dataset(config)

@@ -80,9 +80,18 @@ def model_properties_file(model_name: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
+# datasets that share one protocol file: name -> properties/dataset/<family>.yaml
+DATASET_FAMILIES = {"Beauty": "amazon-s3rec", "Toys": "amazon-s3rec",
+                    **{f"mvshop-{scale}": "mvshop" for scale in ("mini", "small", "large")}}
+
+
 def dataset_properties_file(dataset_name: str) -> str | None:
-    path = os.path.join(PROPERTIES_DIR, "dataset", f"{dataset_name}.yaml")
-    return path if os.path.isfile(path) else None
+    """The plugin's protocol YAML for ``dataset_name`` (its own, or its family's), or None."""
+    for name in (dataset_name, DATASET_FAMILIES.get(dataset_name)):
+        path = os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml")
+        if name and os.path.isfile(path):
+            return path
+    return None
 
 
 def get_trainer(model_type, model_name: str) -> type:
