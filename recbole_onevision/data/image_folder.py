@@ -1,0 +1,119 @@
+"""Image folders ``<category>/<object>/<view>.(jpg|jpeg|png)`` -> the multi-view layout.
+
+Each object becomes an item (its category folder the category path); each image is embedded
+with :class:`~recbole_onevision.data.image_encoder.ImageEncoder`. Which images are *query
+photos* and which are *catalogue views* is a documented rule:
+
+* ``query_pattern`` (a regular expression searched in the file name without extension):
+  matching images are queries, the rest catalogue views. For ETH-80 (``<object>-<elevation>-
+  <azimuth>``), ``-0(00|22|35|45)-`` makes the low-elevation shots queries;
+* otherwise a seeded random ``query_share`` of each object's images are queries.
+
+Every object must keep at least one catalogue view. Queries have no users: each query is
+written as its own anonymous session (``user_id`` = ``query_id``) in ``.inter``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import numpy as np
+
+from recbole_onevision.data.atomic import write_atomic_file
+from recbole_onevision.io import atomic_open
+
+logger = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class ImageFolderError(ValueError):
+    """The folder does not have the expected layout; the message names the path."""
+
+
+def scan(src: str) -> list[tuple[str, str, str]]:
+    """Sorted (category, object, path) of every image; anything else in the tree is an error."""
+    if not os.path.isdir(src):
+        raise FileNotFoundError(f"image folder not found: {src}")
+    records = []
+    for category in sorted(os.listdir(src)):
+        cat_dir = os.path.join(src, category)
+        if category.startswith("."):
+            continue
+        if not os.path.isdir(cat_dir):
+            raise ImageFolderError(f"{cat_dir}: expected a category folder (<category>/<object>/<view>.jpg)")
+        for obj in sorted(os.listdir(cat_dir)):
+            obj_dir = os.path.join(cat_dir, obj)
+            if obj.startswith("."):
+                continue
+            if not os.path.isdir(obj_dir):
+                raise ImageFolderError(f"{obj_dir}: expected an object folder (<category>/<object>/<view>.jpg)")
+            files = sorted(f for f in os.listdir(obj_dir) if not f.startswith("."))
+            for f in files:
+                if not f.lower().endswith(IMAGE_EXTENSIONS):
+                    raise ImageFolderError(f"{os.path.join(obj_dir, f)}: not an image ({'/'.join(IMAGE_EXTENSIONS)})")
+                records.append((category, obj, os.path.join(obj_dir, f)))
+            if not files:
+                raise ImageFolderError(f"{obj_dir}: no images")
+    if not records:
+        raise ImageFolderError(f"{src}: no images found (expected <category>/<object>/<view>.jpg)")
+    objects = [r[1] for r in records]
+    seen = {}
+    for category, obj, _ in records:
+        if seen.setdefault(obj, category) != category:
+            raise ImageFolderError(f"{src}: object folder name {obj!r} appears under {seen[obj]!r} and {category!r}")
+    return records
+
+
+def choose_queries(records, query_pattern: str | None, query_share: float, seed: int) -> np.ndarray:
+    """Boolean mask of query photos, by the rule in the module docstring."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for _, _, p in records]
+    if query_pattern is not None:
+        pattern = re.compile(query_pattern)
+        is_query = np.array([bool(pattern.search(s)) for s in stems])
+    else:
+        if not 0 < query_share < 1:
+            raise ValueError(f"query_share must be in (0, 1), got {query_share}")
+        rng = np.random.default_rng(seed)
+        is_query = np.zeros(len(records), dtype=bool)
+        objects = np.array([r[1] for r in records])
+        for obj in dict.fromkeys(objects):
+            rows = np.flatnonzero(objects == obj)
+            n = min(len(rows) - 1, int(round(query_share * len(rows))))
+            is_query[rng.choice(rows, size=n, replace=False)] = True
+    for obj in dict.fromkeys(r[1] for r in records):
+        if all(is_query[i] for i, r in enumerate(records) if r[1] == obj):
+            raise ImageFolderError(f"object {obj!r}: every image was chosen as a query; it needs at least "
+                                   "one catalogue view (check the query pattern)")
+    return is_query
+
+
+def convert(src: str, out: str, name: str | None = None, query_pattern: str | None = None,
+            query_share: float = 0.25, seed: int = 2025, encoder=None, show_progress: bool = True) -> str:
+    """Write ``out/<name>/`` (default name: the folder's name); returns that folder."""
+    from recbole_onevision.data.image_encoder import ImageEncoder
+
+    records = scan(src)
+    is_query = choose_queries(records, query_pattern, query_share, seed)
+    name = name or os.path.basename(os.path.normpath(src))
+    folder = os.path.join(out, name)
+    encoder = encoder or ImageEncoder()
+    embeddings = encoder.embed_cached([p for _, _, p in records], os.path.join(folder, ".cache"), show_progress)
+    stem = lambda path: os.path.splitext(os.path.basename(path))[0]  # noqa: E731
+    views = np.flatnonzero(~is_query)
+    queries = np.flatnonzero(is_query)
+    path = lambda ext: os.path.join(folder, f"{name}.{ext}")  # noqa: E731
+    objects = dict.fromkeys((r[1], r[0]) for r in records)
+    write_atomic_file(path("item"), ["item_id:token", "category:token_seq"], ((o, [c]) for o, c in objects))
+    write_atomic_file(path("view"), ["view_id:token", "item_id:token"],
+                      ((stem(records[i][2]), records[i][1]) for i in views))
+    write_atomic_file(path("query"), ["query_id:token", "product_id:token"],
+                      ((stem(records[i][2]), records[i][1]) for i in queries))
+    write_atomic_file(path("inter"), ["user_id:token", "item_id:token", "query_id:token", "timestamp:float"],
+                      ((stem(records[i][2]), records[i][1], stem(records[i][2]), t) for t, i in enumerate(queries)))
+    for ext, rows in (("view.npy", views), ("query.npy", queries)):
+        with atomic_open(path(ext), "wb") as f:
+            np.save(f, embeddings[rows])
+    logger.info("%s: %d items, %d catalogue views, %d query photos -> %s", name, len(objects), len(views),
+                len(queries), folder)
+    return folder
