@@ -7,6 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from recbole_onevision.data import mvshop
+from recbole_onevision.retrieval import best_view_similarity, recall_at
 
 TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=6, branching=(3, 2, 2), n_brands=12)
 
@@ -39,10 +40,8 @@ def mini(tmp_path_factory):
     read = lambda ext: pd.read_csv(f"{base}.{ext}", sep="\t")  # noqa: E731
     items, inter, queries = read("item"), read("inter"), read("query")
     index = {token: i for i, token in enumerate(items["item_id:token"])}
-    views = np.load(f"{base}.view.npy")
     view_item = read("view")["item_id:token"].map(index).to_numpy()
-    sim = np.full((len(queries), len(items)), -np.inf, dtype=np.float32)
-    np.maximum.at(sim.T, view_item, (np.load(f"{base}.query.npy") @ views.T).T)
+    sim = best_view_similarity(np.load(f"{base}.query.npy"), np.load(f"{base}.view.npy"), view_item, len(items))
     return {
         "items": items, "sim": sim,
         "user": pd.factorize(inter["user_id:token"])[0],
@@ -52,9 +51,7 @@ def mini(tmp_path_factory):
 
 
 def hit_at(scores, targets, k):
-    """Share of rows whose target scores among the top k (ties count against the target)."""
-    own = scores[np.arange(len(targets)), targets][:, None]
-    return float(((scores >= own).sum(1) <= k).mean())
+    return recall_at(scores, targets, ks=(k,))[f"recall@{k}"]
 
 
 def test_query_shows_what_was_photographed_not_what_is_clicked(mini):
