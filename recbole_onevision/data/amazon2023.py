@@ -1,0 +1,158 @@
+"""Amazon Reviews 2023 (McAuley Lab) -> the multi-view layout (docs/data.md).
+
+Input, one category's two JSONL files as published:
+
+* item metadata: ``parent_asin``, ``title``, ``categories`` (path, root first), ``store``
+  (brand), ``price`` (number or null), ``images`` (catalogue views: ``large`` URL, ``variant``);
+* reviews: ``user_id``, ``parent_asin``, ``timestamp`` (ms), ``rating``, ``verified_purchase``,
+  ``images`` (the buyers' own photos: the multi-view *queries*).
+
+Output: ``.item`` (category path tokens, brand, price), ``.view`` (one row per catalogue image
+with its ``variant`` and URL), ``.inter`` (one row per review: user, item, timestamp, rating,
+behaviour ``order`` for verified purchases else ``click``, and the review's first photo as its
+``query_id`` where it has one), ``.query`` (product = the reviewed item, with its URL). Extra
+photos of one review are counted in the log, not used. With ``embed=True`` the images are
+fetched (any URL urllib can open, including ``file://``), cached under ``<out>/<name>/.images``
+and embedded into ``.view.npy``/``.query.npy``; without it only URLs are written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import urllib.request
+
+import numpy as np
+
+from recbole_onevision.data.atomic import write_atomic_file
+from recbole_onevision.io import atomic_open
+
+logger = logging.getLogger(__name__)
+
+
+class Amazon2023Error(ValueError):
+    """Malformed input; the message names the file and line."""
+
+
+def _token(text: str) -> str:
+    """A RecBole token: no tabs or spaces (they separate fields and sequence elements)."""
+    return re.sub(r"\s+", "_", str(text).strip())
+
+
+def _read_jsonl(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise Amazon2023Error(f"{path}, line {lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise Amazon2023Error(f"{path}, line {lineno}: expected a JSON object")
+            yield lineno, record
+
+
+def _require(record: dict, field: str, path: str, lineno: int):
+    value = record.get(field)
+    if value in (None, ""):
+        raise Amazon2023Error(f"{path}, line {lineno}: missing {field!r}")
+    return value
+
+
+def read_items(path: str) -> dict[str, dict]:
+    items = {}
+    for lineno, r in _read_jsonl(path):
+        asin = _token(_require(r, "parent_asin", path, lineno))
+        if asin in items:
+            raise Amazon2023Error(f"{path}, line {lineno}: duplicate parent_asin {asin!r}")
+        price = r.get("price")
+        if price is not None and not isinstance(price, (int, float)):
+            try:
+                price = float(str(price).replace("$", "").replace(",", ""))
+            except ValueError:
+                raise Amazon2023Error(f"{path}, line {lineno}: price {price!r} is not a number") from None
+        categories = [_token(c) for c in r.get("categories") or []]
+        items[asin] = {
+            "path": ["/".join(categories[: d + 1]) for d in range(len(categories))],
+            "brand": _token(r.get("store") or ""),
+            "price": "" if price is None else float(price),
+            "images": [(_token(img.get("variant") or "MAIN"), img.get("large") or img.get("hi_res"))
+                       for img in r.get("images") or [] if img.get("large") or img.get("hi_res")],
+        }
+    if not items:
+        raise Amazon2023Error(f"{path}: no items")
+    return items
+
+
+def read_reviews(path: str, items: dict) -> list[dict]:
+    reviews = []
+    for lineno, r in _read_jsonl(path):
+        asin = _token(_require(r, "parent_asin", path, lineno))
+        if asin not in items:
+            raise Amazon2023Error(f"{path}, line {lineno}: parent_asin {asin!r} is not in the item metadata")
+        timestamp = _require(r, "timestamp", path, lineno)
+        if not isinstance(timestamp, (int, float)):
+            raise Amazon2023Error(f"{path}, line {lineno}: timestamp {timestamp!r} is not a number")
+        photos = [img.get("large_image_url") or img.get("medium_image_url")
+                  for img in r.get("images") or []]
+        reviews.append({
+            "user": _token(_require(r, "user_id", path, lineno)), "item": asin, "time": timestamp / 1000.0,
+            "rating": float(r.get("rating") or 0.0), "verified": bool(r.get("verified_purchase")),
+            "photos": [p for p in photos if p], "line": lineno,
+        })
+    if not reviews:
+        raise Amazon2023Error(f"{path}: no reviews")
+    return reviews
+
+
+def fetch(url: str, cache_dir: str) -> str:
+    """The local copy of ``url`` (downloaded once into ``cache_dir``)."""
+    name = hashlib.sha256(url.encode()).hexdigest()[:20] + os.path.splitext(url.split("?")[0])[1][:5]
+    path = os.path.join(cache_dir, name)
+    if not os.path.isfile(path):
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response, atomic_open(path, "wb") as out:
+                out.write(response.read())
+        except OSError as err:
+            raise OSError(f"could not fetch {url}: {err}") from None
+    return path
+
+
+def convert(meta_path: str, reviews_path: str, out: str, name: str, embed: bool = False, encoder=None) -> str:
+    items = read_items(meta_path)
+    reviews = read_reviews(reviews_path, items)
+    folder = os.path.join(out, name)
+    path = lambda ext: os.path.join(folder, f"{name}.{ext}")  # noqa: E731
+
+    views = [(f"{asin}#{k}", asin, variant, url) for asin, item in items.items()
+             for k, (variant, url) in enumerate(item["images"])]
+    queries = [(f"{r['user']}@{r['item']}@{int(r['time'] * 1000)}", r["item"], r["photos"][0])
+               for r in reviews if r["photos"]]
+    extra = sum(max(0, len(r["photos"]) - 1) for r in reviews)
+    query_of = iter(q[0] for q in queries)
+    write_atomic_file(path("item"), ["item_id:token", "category:token_seq", "brand:token", "price:float"],
+                      ((a, it["path"], it["brand"], it["price"]) for a, it in items.items()))
+    write_atomic_file(path("view"), ["view_id:token", "item_id:token", "variant:token", "url:token"], views)
+    write_atomic_file(path("query"), ["query_id:token", "product_id:token", "url:token"], queries)
+    write_atomic_file(path("inter"), ["user_id:token", "item_id:token", "query_id:token", "timestamp:float",
+                                      "rating:float", "behaviour:token"],
+                      ((r["user"], r["item"], next(query_of) if r["photos"] else "", r["time"], r["rating"],
+                        "order" if r["verified"] else "click") for r in reviews))
+    logger.info("%s: %d items, %d catalogue images, %d reviews, %d with a photo (query); %d further "
+                "review photos not used", name, len(items), len(views), len(reviews), len(queries), extra)
+    if embed:
+        from recbole_onevision.data.image_encoder import ImageEncoder
+
+        encoder = encoder or ImageEncoder()
+        cache = os.path.join(folder, ".images")
+        for ext, rows, url_col in (("view.npy", views, 3), ("query.npy", queries, 2)):
+            local = [fetch(row[url_col], cache) for row in rows]
+            matrix = encoder.embed_cached(local, os.path.join(folder, ".cache")) if local else np.zeros((0, 0))
+            with atomic_open(path(ext), "wb") as f:
+                np.save(f, matrix.astype(np.float32))
+    return folder
