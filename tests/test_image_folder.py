@@ -69,3 +69,19 @@ def test_real_photos_convert_and_nearest_view_finds_the_object(eth80_sample):
     np.testing.assert_allclose(np.load(f"{again}/eth.view.npy"), views, atol=1e-6)
     header = open(f"{folder}/eth.inter").readline().strip().split("\t")
     assert header == ["user_id:token", "item_id:token", "query_id:token", "timestamp:float"]
+
+
+def test_converted_photos_load_as_anonymous_sessions(eth80_sample):
+    """Queries without users: each is its own one-off user, so no history is shared."""
+    from recbole_onevision.config import Config
+    from recbole_onevision.registry import create_dataset
+
+    out = eth80_sample / "out"
+    image_folder.convert(str(eth80_sample / "eth"), str(out), "eth", query_pattern="-022-", show_progress=False)
+    config = Config("Pop", "eth", config_dict={
+        "data_path": str(out), "dataset_class": "MultiViewDataset", "state": "WARNING",
+        "load_col": {"inter": ["user_id", "item_id", "query_id", "timestamp"], "item": ["item_id", "category"]},
+        "checkpoint_dir": str(eth80_sample / "saved")})
+    dataset = create_dataset(config)
+    assert dataset.user_num - 1 == dataset.inter_num == 16
+    assert dataset.query_product[dataset.inter_feat["query_id"]].tolist() == dataset.inter_feat["item_id"].tolist()
