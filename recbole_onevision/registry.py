@@ -2,7 +2,7 @@
 
 Plugin models are the classes exported by :mod:`recbole_onevision.model` plus any class
 registered at run time with :func:`register_model` (handy for a researcher's own model).
-Their default hyper-parameters live in ``properties/model/<Model>.yaml`` next to the class.
+Their default hyper-parameters live in ``recbole_onevision/properties/model/<Model>.yaml``.
 """
 from __future__ import annotations
 
