@@ -49,6 +49,10 @@ def test_query_photos_and_views_are_indexed_by_internal_ids(tiny):
         np.testing.assert_array_equal(dataset.query_embedding[qid].numpy(), queries[query_rows[tokens[qid]]])
         pictured = dataset.field2id_token["item_id"][int(dataset.query_product[qid])]
         assert pictured == products[tokens[qid]]
+    # per interaction: the behaviour, and in the sequential splits the history of behaviours too
+    assert set(dataset.field2id_token["behaviour"][1:]) == {"click", "order"}
+    train = dataset.build()[0]
+    assert {"item_id_list", "behaviour_list", "query_id_list"} <= set(train.inter_feat.columns)
     item_of_first_view = dataset.field2id_token["item_id"][int(dataset.view_item[0])]
     assert item_of_first_view == (folder / "mvshop-mini.view").read_text().splitlines()[1].split("\t")[1]
 

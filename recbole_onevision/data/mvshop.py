@@ -235,8 +235,10 @@ def make_sessions(spec: MVShopSpec, cat: Catalogue, users: Users, rng: np.random
     leaves_of_top = [np.array([l for l in np.flatnonzero(top_of_leaf == t) if len(cat.leaf_families[l])])
                      for t in range(spec.branching[0])]
     counts = np.maximum(5, rng.poisson(spec.sessions_per_user, spec.n_users))
+    from tqdm import tqdm
+
     rows = []
-    for user in range(spec.n_users):
+    for user in tqdm(range(spec.n_users), desc="sessions", unit="user", disable=spec.n_users < 10_000):
         taste = users.top_taste[user] * np.array([len(l) > 0 for l in leaves_of_top])
         times = np.sort(rng.uniform(0, 1000.0, counts[user])).round(3)  # users interleave in time
         for clock in times:
