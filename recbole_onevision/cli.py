@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"scales are generated on first use (default: {DEFAULT_DATASET})")
     parser.add_argument("--config_files", default=None,
                         help="space- or comma-separated YAML config files")
+    parser.add_argument("--checkpoint", default=None,
+                        help="evaluate this saved checkpoint (from saved/) on valid and test; no training")
     return parser
 
 
@@ -37,6 +39,6 @@ def main(argv: list[str] | None = None) -> dict:
     from recbole_onevision.quick_start import run  # heavy imports after --help
 
     try:
-        return run(args.model, args.dataset, files, cmd_args=overrides)
+        return run(args.model, args.dataset, files, cmd_args=overrides, checkpoint=args.checkpoint)
     except (ValueError, KeyError, FileNotFoundError) as err:  # bad input: no traceback
         parser.exit(2, f"run.py: error: {err}\n")

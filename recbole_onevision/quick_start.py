@@ -48,9 +48,11 @@ def result_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None,
-        saved=True) -> dict:
+        saved=True, checkpoint: str | None = None) -> dict:
     """Build config, data, model and trainer; train; test on the best validation checkpoint.
 
+    With ``checkpoint`` (a file this plugin's trainers wrote) nothing is trained: the
+    checkpoint is evaluated on the validation and test splits.
     Returns RecBole's result dict plus ``train_seconds``, ``config`` and ``results_file``.
     """
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
@@ -73,13 +75,21 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
     start = time.time()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    train_seconds = time.time() - start
-    test_result = trainer.evaluate(
-        test_data, load_best_model=saved, show_progress=config["show_progress"]
-    )
+    if checkpoint:
+        best_valid_result = trainer.evaluate(valid_data, model_file=checkpoint,
+                                             show_progress=config["show_progress"])
+        best_valid_score = best_valid_result[config["valid_metric"].lower()]
+        trainer.saved_model_file = checkpoint
+        test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
+        train_seconds = 0.0
+    else:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        train_seconds = time.time() - start
+        test_result = trainer.evaluate(
+            test_data, load_best_model=saved, show_progress=config["show_progress"]
+        )
     logger.info("The running environment of this training is as follows:\n"
                 + get_environment(config).draw())
 
@@ -93,7 +103,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "train_seconds": train_seconds,
         "settings": {k: config[k] for k in ("seed", "epochs", "train_batch_size", "learning_rate",
                                             "MAX_ITEM_LIST_LENGTH", "loss_type", "eval_args")},
-        "checkpoint": trainer.saved_model_file if saved else None,
+        "checkpoint": trainer.saved_model_file if saved or checkpoint else None,
+        "evaluated_only": bool(checkpoint),
     }
     results_file = os.path.join(
         config["checkpoint_dir"], f"{config['model']}-{config['dataset']}-{int(start)}.json")

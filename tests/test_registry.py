@@ -111,3 +111,7 @@ def test_plugin_model_trains_through_run_py(plugin_model, tmp_path, quiet_config
     assert result["model"] == "LastItemEcho" and result["config"]["learning_rate"] == 0.05
     assert result["test_result"]["recall@10"] > 0.05  # random ranking of 1682 items: ~0.006
     assert os.path.isfile(result["results_file"])
+    # the saved checkpoint evaluates to the same test result without training
+    again = run_main(["--model=LastItemEcho", "--dataset=ml-100k", f"--checkpoint={result['checkpoint']}",
+                      "--show_progress=False", "--state=WARNING", f"--checkpoint_dir={tmp_path}"])
+    assert again["test_result"] == result["test_result"] and again["evaluated_only"]

@@ -24,11 +24,23 @@ class MultiViewMixin:
     * ``query_product`` (query ids,): the pictured item, 0 where unknown.
 
     Either file may be absent (plain sequences such as Beauty): its attributes are then None.
+
+    With ``tokenizer`` set in the config, :meth:`build` fits it on the training split and
+    attaches ``item_sid``/``query_sid``/``sid_tokenizer`` (see :mod:`recbole_onevision.tokenizer`).
     """
 
     def __init__(self, config):
         super().__init__(config)
         self._load_multiview()
+
+    def build(self):
+        splits = super().build()
+        self.item_sid = self.query_sid = self.sid_tokenizer = None
+        if self.config["tokenizer"]:
+            from recbole_onevision.tokenizer import apply_tokenizer
+
+            apply_tokenizer(self, splits)
+        return splits
 
     def _load_multiview(self):
         logger = getLogger()

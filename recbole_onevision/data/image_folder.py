@@ -10,7 +10,9 @@ photos* and which are *catalogue views* is a documented rule:
 * otherwise a seeded random ``query_share`` of each object's images are queries.
 
 Every object must keep at least one catalogue view. Queries have no users: each query is
-written as its own anonymous session (``user_id`` = ``query_id``) in ``.inter``.
+written as its own anonymous session (``user_id`` = ``query_id``) in ``.inter``, with the
+photo's rank among its object's query photos as timestamp: with ``image-folder.yaml``'s
+time-ordered split, the last viewpoints of every object are held out.
 """
 from __future__ import annotations
 
@@ -109,8 +111,15 @@ def convert(src: str, out: str, name: str | None = None, query_pattern: str | No
                       ((stem(records[i][2]), records[i][1]) for i in views))
     write_atomic_file(path("query"), ["query_id:token", "product_id:token"],
                       ((stem(records[i][2]), records[i][1]) for i in queries))
+    # timestamp = the photo's rank among its object's query photos (file-name order), so a
+    # time-ordered split holds out the same viewpoints of every object (image-folder.yaml)
+    seen: dict[str, int] = {}
+    times = []
+    for i in queries:
+        times.append(seen.get(records[i][1], 0))
+        seen[records[i][1]] = times[-1] + 1
     write_atomic_file(path("inter"), ["user_id:token", "item_id:token", "query_id:token", "timestamp:float"],
-                      ((stem(records[i][2]), records[i][1], stem(records[i][2]), t) for t, i in enumerate(queries)))
+                      ((stem(records[i][2]), records[i][1], stem(records[i][2]), t) for t, i in zip(times, queries)))
     for ext, rows in (("view.npy", views), ("query.npy", queries)):
         with atomic_open(path(ext), "wb") as f:
             np.save(f, embeddings[rows])

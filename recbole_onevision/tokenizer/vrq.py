@@ -1,0 +1,338 @@
+"""VRQ: vision-aligned residual quantization (OneVision, arXiv 2510.05759, Sec. VRQ).
+
+Fit (training split only):
+
+1. *Alignment* (``vrq_align``): an MLP head over image embeddings, trained on multi-view
+   positive pairs with InfoNCE + circle loss, and attribute prototypes (category level,
+   brand, price bucket) the head learns to predict (:mod:`.align`).
+2. *Fused item feature*: ``[mean aligned view ; vrq_attribute_weight x sum_f w_f P_f[token_f]]``,
+   the attribute part weighting category level 1 most (``vrq_attribute_decay``), so shallow
+   codes follow the category tree. Without views (Beauty) the first part is a collaborative
+   embedding (SVD of training interactions, ``vrq_collaborative``) and the prototypes are fixed
+   seeded random vectors: SIDs from attributes and co-occurrence.
+3. *Quantization*: residual k-means, ``vrq_levels`` codebooks; then a uniqueness level (index
+   within a group of items sharing all codes), so each item's SID is distinct.
+
+A query photo goes through the same head; its attribute part is the prototypes weighted by the
+head's predicted distribution; greedy residual coding gives its predicted SID prefix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recbole_onevision.io import atomic_open
+from recbole_onevision.tokenizer.align import AlignmentHead, attribute_logits, train_head
+from recbole_onevision.tokenizer.inputs import TokenizerInputs
+from recbole_onevision.tokenizer.quantize import (
+    auto_codebook_sizes,
+    collision_stats,
+    encode_residual,
+    residual_kmeans,
+    uniqueness_level,
+)
+
+logger = logging.getLogger(__name__)
+CACHE_VERSION = 1  # bump when fitting changes, so old caches are not reused
+
+
+class TokenizerConfigError(ValueError):
+    """A ``vrq_*`` config value is out of range; the message names the key."""
+
+
+def _check(config, key, kind, low=None, allow_none=False):
+    value = config[key]
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok or (low is not None and value < low):
+        expected = {int: "an integer", float: "a number", bool: "True or False"}[kind]
+        bound = f" >= {low}" if low is not None else ""
+        raise TokenizerConfigError(f"config {key}: expected {expected}{bound}, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class VRQParams:
+    levels: int
+    codebook_sizes: tuple[int, ...] | None  # None = auto from the catalogue size
+    dim: int
+    hidden: int
+    align: bool
+    align_steps: int
+    batch_size: int
+    lr: float
+    temperature: float
+    infonce_weight: float
+    circle_weight: float
+    circle_margin: float
+    circle_gamma: float
+    attribute_weight: float
+    attribute_decay: float
+    query_share: float
+    collaborative: bool
+    kmeans_iters: int
+    kmeans_sample: int | None
+    seed: int
+    # read by inputs.gather; here so they enter the cache key
+    attribute_fields: tuple[str, ...] | None
+    category_field: str
+    price_buckets: int
+
+    @classmethod
+    def from_config(cls, config) -> "VRQParams":
+        levels = _check(config, "vrq_levels", int, 1)
+        sizes = config["vrq_codebook_sizes"]
+        if sizes == "auto" or sizes is None:
+            sizes = None
+        else:
+            sizes = [sizes] * levels if isinstance(sizes, int) and not isinstance(sizes, bool) else sizes
+            if (not isinstance(sizes, (list, tuple)) or len(sizes) != levels
+                    or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 2 for s in sizes)):
+                raise TokenizerConfigError(f"config vrq_codebook_sizes: expected 'auto', an integer >= 2 or "
+                                           f"a list of {levels} integers >= 2 (one per level), got "
+                                           f"{config['vrq_codebook_sizes']!r}")
+            sizes = tuple(sizes)
+        for key in ("vrq_temperature", "vrq_lr", "vrq_circle_gamma"):
+            if _check(config, key, float, 0) == 0:
+                raise TokenizerConfigError(f"config {key}: expected a number > 0, got 0")
+        share = _check(config, "vrq_query_share", float, 0)
+        decay = _check(config, "vrq_attribute_decay", float, 0)
+        if share > 1 or decay > 1:
+            raise TokenizerConfigError("config vrq_query_share and vrq_attribute_decay: expected a number "
+                                       f"in [0, 1], got {share!r} and {decay!r}")
+        fields = config["vrq_attribute_fields"]
+        if fields is not None and (not isinstance(fields, (list, tuple))
+                                   or not all(isinstance(f, str) for f in fields)):
+            raise TokenizerConfigError(f"config vrq_attribute_fields: expected a list of item field names, "
+                                       f"got {fields!r}")
+        seed = config["vrq_seed"] if config["vrq_seed"] is not None else config["seed"]
+        return cls(
+            levels=levels, codebook_sizes=sizes,
+            dim=_check(config, "vrq_dim", int, 2), hidden=_check(config, "vrq_hidden", int, 1),
+            align=_check(config, "vrq_align", bool), align_steps=_check(config, "vrq_align_steps", int, 1),
+            batch_size=_check(config, "vrq_batch_size", int, 2), lr=float(config["vrq_lr"]),
+            temperature=float(config["vrq_temperature"]),
+            infonce_weight=_check(config, "vrq_infonce_weight", float, 0),
+            circle_weight=_check(config, "vrq_circle_weight", float, 0),
+            circle_margin=_check(config, "vrq_circle_margin", float, 0),
+            circle_gamma=float(config["vrq_circle_gamma"]),
+            attribute_weight=_check(config, "vrq_attribute_weight", float, 0), attribute_decay=decay,
+            query_share=share, collaborative=_check(config, "vrq_collaborative", bool),
+            kmeans_iters=_check(config, "vrq_kmeans_iters", int, 1),
+            kmeans_sample=_check(config, "vrq_kmeans_sample", int, 1, allow_none=True),
+            seed=int(seed), attribute_fields=None if fields is None else tuple(fields),
+            category_field=str(config["vrq_category_field"]),
+            price_buckets=_check(config, "vrq_price_buckets", int, 1),
+        )
+
+
+class VRQTokenizer:
+    """Fits (or reloads) SIDs for a dataset; encodes query photos to SID prefixes."""
+
+    name = "VRQ"
+
+    def __init__(self, params: VRQParams):
+        self.params = params
+        self.head: AlignmentHead | None = None
+        self.prototypes: list[torch.Tensor] = []  # unit rows, one matrix per attribute field
+        self.field_weights: list[float] = []
+        self.codebooks: list[torch.Tensor] = []
+        self.item_sid: torch.Tensor | None = None  # (item_num, levels + 1), row 0 = -1
+        self.item_feature: torch.Tensor | None = None  # fused features, only right after a fit
+        self.visual_width = 0  # width of the visual part of the fused feature
+
+    # ----- fitting -------------------------------------------------------------------------
+    def cache_key(self, inputs: TokenizerInputs) -> str:
+        config = json.dumps(dataclasses.asdict(self.params), sort_keys=True)
+        data = inputs.digest(self.params.collaborative and not inputs.has_views)
+        return hashlib.sha256(f"{self.name}/{CACHE_VERSION}/{config}/{data}".encode()).hexdigest()[:20]
+
+    def fit(self, inputs: TokenizerInputs, show_progress: bool = False) -> "VRQTokenizer":
+        p = self.params
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(p.seed)
+            visual = self._fit_visual(inputs, show_progress)
+            self._fit_prototypes(inputs, visual)
+            fused = self._fuse(visual, self._item_attributes(inputs), inputs.item_num)
+        rows = fused[1:]  # row 0 is RecBole's padding item
+        if rows.shape[1] == 0:
+            raise ValueError("VRQ has nothing to tokenize: the dataset has no catalogue views, no item "
+                             "attributes (vrq_attribute_fields) and vrq_collaborative is off")
+        sizes = list(p.codebook_sizes or auto_codebook_sizes(len(rows), p.levels))
+        self.codebooks, codes, residual = residual_kmeans(rows, sizes, p.kmeans_iters, p.seed, p.kmeans_sample)
+        unique = uniqueness_level(codes.numpy(), residual.norm(dim=1).numpy())
+        sid = np.full((inputs.item_num, p.levels + 1), -1, dtype=np.int64)
+        sid[1:, :-1], sid[1:, -1] = codes.numpy(), unique
+        self.item_sid = torch.from_numpy(sid)
+        self.item_feature = fused
+        return self
+
+    def _fit_visual(self, inputs: TokenizerInputs, show_progress: bool) -> torch.Tensor | None:
+        """(item_num, width) unit rows from the views (aligned or raw), or collaborative ones."""
+        p = self.params
+        if inputs.has_views:
+            if p.align:
+                self.head = train_head(inputs, p, show_progress)
+            view_feature = self.visual(torch.from_numpy(inputs.view_embedding))
+            total = torch.zeros(inputs.item_num, view_feature.shape[1])
+            total.index_add_(0, torch.from_numpy(inputs.view_item), view_feature)
+            return F.normalize(total, dim=1)  # items without views stay at zero
+        if p.collaborative and len(inputs.train_items):
+            return _collaborative_embedding(inputs, p.dim, p.seed)
+        return None
+
+    def _fit_prototypes(self, inputs: TokenizerInputs, visual: torch.Tensor | None) -> None:
+        self.field_weights = [f.weight for f in inputs.attributes]
+        if self.head is not None:  # learned with the head
+            self.prototypes = [F.normalize(proto.detach(), dim=1) for proto in self.head.prototypes]
+        elif visual is not None and inputs.has_views:  # raw views: class means, so queries can predict
+            self.prototypes = [F.normalize(_class_means(f.tokens, f.vocab, visual), dim=1) for f in inputs.attributes]
+        else:  # nothing visual to predict from: fixed random directions
+            self.prototypes = [F.normalize(torch.randn(f.vocab, self.params.dim), dim=1) for f in inputs.attributes]
+
+    def _item_attributes(self, inputs: TokenizerInputs) -> torch.Tensor | None:
+        if not inputs.attributes or not self.params.attribute_weight:
+            return None
+        total = 0
+        for field, proto, weight in zip(inputs.attributes, self.prototypes, self.field_weights):
+            tokens = torch.from_numpy(field.tokens)
+            present = (tokens > 0).float()
+            vectors = proto[tokens] * present.unsqueeze(-1)
+            total = total + weight * vectors.sum(1) / present.sum(1, keepdim=True).clamp_min(1)
+        return total
+
+    def _fuse(self, visual, attributes, item_num: int) -> torch.Tensor:
+        self.visual_width = 0 if visual is None else visual.shape[1]
+        parts = [t for t in (visual, None if attributes is None else self.params.attribute_weight * attributes)
+                 if t is not None]
+        return torch.cat(parts, 1) if parts else torch.zeros(item_num, 0)
+
+    # ----- encoding --------------------------------------------------------------------------
+    def visual(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Image embeddings -> the visual part of the fused space (aligned or raw, unit rows)."""
+        if self.head is None:
+            return F.normalize(embeddings.float(), dim=1)
+        with torch.no_grad():
+            return torch.cat([self.head(chunk) for chunk in embeddings.float().split(65536)])
+
+    def query_features(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Query photos in the fused item space (attribute part: predicted prototypes)."""
+        if self.visual_width == 0:
+            raise ValueError("this tokenizer was fitted without images; it cannot encode query photos")
+        visual = self.visual(embeddings)
+        if not self.params.attribute_weight or not self.prototypes:
+            return visual
+        attributes = 0
+        for proto, weight in zip(self.prototypes, self.field_weights):
+            probs = torch.softmax(attribute_logits(visual, proto, self.params.temperature), dim=1)
+            attributes = attributes + weight * probs @ proto
+        return torch.cat([visual, self.params.attribute_weight * attributes], 1)
+
+    def encode_queries(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Predicted SID prefix (``vrq_levels`` codes) of each query photo."""
+        codes, _ = encode_residual(self.query_features(embeddings), self.codebooks)
+        return codes
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        """Codes per level, the uniqueness level last."""
+        return [len(c) for c in self.codebooks] + [int(self.item_sid[1:, -1].max()) + 1]
+
+    def summary(self) -> str:
+        codes = self.item_sid[1:, :-1].numpy()
+        icr, largest = collision_stats(codes)
+        return (f"{len(codes)} items, codebooks {self.codebook_sizes}; unique before the uniqueness "
+                f"level {icr:.1%}, largest shared prefix group {largest}")
+
+    # ----- cache -----------------------------------------------------------------------------
+    def save(self, path: str, key: str) -> None:
+        arrays = {"sid": self.item_sid.numpy(), "field_weights": np.array(self.field_weights, dtype=np.float64),
+                  "meta": np.array(json.dumps({"key": key, "visual_width": self.visual_width,
+                                               "head": self.head is not None,
+                                               "params": dataclasses.asdict(self.params)}))}
+        arrays.update({f"codebook{i}": c.numpy() for i, c in enumerate(self.codebooks)})
+        arrays.update({f"prototype{i}": p.numpy() for i, p in enumerate(self.prototypes)})
+        if self.head is not None:
+            arrays.update({f"head.{k}": v.numpy() for k, v in self.head.state_dict().items()})
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with atomic_open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    def load(self, path: str, key: str, inputs: TokenizerInputs) -> "VRQTokenizer":
+        """Restore a cached fit, checking it belongs to this config and data."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            meta = json.loads(str(arrays["meta"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"VRQ cache {path} is unreadable ({err}); delete it to refit") from None
+        sid = arrays["sid"]
+        p = self.params
+        if meta.get("key") != key or sid.shape != (inputs.item_num, p.levels + 1):
+            raise ValueError(f"VRQ cache {path} does not match this config/dataset (key {meta.get('key')}, "
+                             f"SIDs {sid.shape}); delete it to refit")
+        if collision_stats(sid[1:])[0] != 1.0:
+            raise ValueError(f"VRQ cache {path}: SIDs are not unique; delete it to refit")
+        self.item_sid = torch.from_numpy(sid)
+        self.field_weights = arrays["field_weights"].tolist()
+        self.visual_width = meta["visual_width"]
+        self.codebooks = [torch.from_numpy(arrays[f"codebook{i}"]) for i in range(p.levels)]
+        self.prototypes = [torch.from_numpy(arrays[f"prototype{i}"]) for i in range(len(self.field_weights))]
+        if meta["head"]:
+            state = {k[5:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("head.")}
+            self.head = AlignmentHead(state["shortcut.weight"].shape[1], p.hidden, p.dim,
+                                      [len(t) for t in self.prototypes])
+            self.head.load_state_dict(state)
+            self.head.eval()
+        return self
+
+    def fit_or_load(self, inputs: TokenizerInputs, cache_dir: str | None, show_progress: bool = False):
+        """Reuse ``<cache_dir>/vrq-<key>.npz`` when it exists, else fit on the inputs and save."""
+        key = self.cache_key(inputs)
+        path = None if cache_dir is None else os.path.join(cache_dir, f"vrq-{key}.npz")
+        if path and os.path.isfile(path):
+            self.load(path, key, inputs)
+            logger.info(f"VRQ: reloaded SIDs from {path}: {self.summary()}")
+            return self
+        start = time.time()
+        logger.info(f"VRQ: fitting on the training split ({len(inputs.train_queries)} query photos, "
+                    f"{0 if inputs.view_item is None else len(inputs.view_item)} catalogue views, "
+                    f"{len(inputs.attributes)} attribute fields)")
+        self.fit(inputs, show_progress)
+        logger.info(f"VRQ: fitted in {time.time() - start:.1f}s: {self.summary()}")
+        if path:
+            self.save(path, key)
+            logger.info(f"VRQ: cached at {path}")
+        return self
+
+
+def _class_means(tokens: np.ndarray, vocab: int, features: torch.Tensor) -> torch.Tensor:
+    sums = torch.zeros(vocab, features.shape[1])
+    t = torch.from_numpy(tokens)
+    for column in range(t.shape[1]):
+        sums.index_add_(0, t[:, column], features)
+    sums[0] = 0
+    return sums
+
+
+def _collaborative_embedding(inputs: TokenizerInputs, dim: int, seed: int) -> torch.Tensor:
+    """Item factors of the training user-item matrix (truncated SVD), unit rows."""
+    from scipy.sparse import csr_matrix
+    from sklearn.utils.extmath import randomized_svd
+
+    matrix = csr_matrix((np.ones(len(inputs.train_items), dtype=np.float32),
+                         (inputs.train_users, inputs.train_items)), shape=(inputs.user_num, inputs.item_num))
+    dim = min(dim, min(matrix.shape) - 1)
+    _, s, vt = randomized_svd(matrix, dim, random_state=seed)
+    return F.normalize(torch.from_numpy((vt.T * np.sqrt(s)).astype(np.float32)), dim=1)
