@@ -6,7 +6,7 @@ The dataset is loaded and split exactly as for training (its protocol YAML, ``--
 and ``--key=value`` overrides, e.g. ``--vrq_levels=4``); the tokenizer is fitted on the training
 split and measured on the held-out (valid/test) query photos. ``--compare`` adds the ablations
 side by side: plain RQ-KMeans on raw embeddings, VRQ without the circle loss and VRQ without
-attribute injection.
+attribute injection (for datasets without photos: attributes only, collaborative factors only).
 """
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ ABLATIONS = {
     "RQ-KMeans (raw)": {"vrq_align": False, "vrq_attribute_weight": 0.0},
     "VRQ w/o circle": {"vrq_circle_weight": 0.0},
     "VRQ w/o attributes": {"vrq_attribute_weight": 0.0},
+}
+# datasets without photos (Beauty): SIDs from attributes and/or collaborative item factors
+ABLATIONS_WITHOUT_VIEWS = {
+    "VRQ": {},
+    "attributes only": {"vrq_collaborative": False},
+    "collaborative only": {"vrq_attribute_weight": 0.0},
 }
 
 
@@ -65,8 +71,9 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
     splits = data.build()
     config["tokenizer"] = tokenizer_name
     reports = {}
-    base = {key: config[key] for key in {k for v in ABLATIONS.values() for k in v}}
-    for name, changes in (ABLATIONS if compare else {"VRQ": {}}).items():
+    variants = ABLATIONS if getattr(data, "view_embedding", None) is not None else ABLATIONS_WITHOUT_VIEWS
+    base = {key: config[key] for key in {k for v in variants.values() for k in v}}
+    for name, changes in (variants if compare else {"VRQ": {}}).items():
         for key, value in {**base, **changes}.items():
             config[key] = value
         tokenizer = build_tokenizer(config)

@@ -67,8 +67,12 @@ def test_real_photos_convert_and_nearest_view_finds_the_object(eth80_sample):
     again = image_folder.convert(str(eth80_sample / "eth"), str(eth80_sample / "out2"), "eth",
                                  query_pattern="-022-", show_progress=False)
     np.testing.assert_allclose(np.load(f"{again}/eth.view.npy"), views, atol=1e-6)
-    header = open(f"{folder}/eth.inter").readline().strip().split("\t")
-    assert header == ["user_id:token", "item_id:token", "query_id:token", "timestamp:float"]
+    rows = [line.rstrip("\n").split("\t") for line in open(f"{folder}/eth.inter")]
+    assert rows[0] == ["user_id:token", "item_id:token", "query_id:token", "timestamp:float"]
+    # timestamp = rank among the object's query photos: a time-ordered split holds out viewpoints
+    assert [(r[0], r[3]) for r in rows[1:5]] == [
+        ("apple1-022-000", "0"), ("apple1-022-090", "1"), ("apple1-022-180", "2"), ("apple1-022-270", "3")]
+    assert {r[3] for r in rows[1:]} == {"0", "1", "2", "3"}
 
 
 def test_converted_photos_load_as_anonymous_sessions(eth80_sample):

@@ -18,14 +18,14 @@ from recbole_onevision.tokenizer.quantize import collision_stats, uniqueness_lev
 from recbole_onevision.tokenizer.report import sid_report
 from recbole_onevision.tokenizer.vrq import VRQTokenizer
 
-STEPS = 300  # alignment steps in these tests (default 1000): enough to show the effect
+STEPS = 300  # alignment steps in these tests (default 1000, lr 0.001): with lr 0.003, enough to show the effect
 
 
 def make_config(dataset, data_path, cache_dir, **extra):
     where = {} if data_path is None else {"data_path": str(data_path)}  # None: RecBole's ml-100k
     config = Config("Pop", dataset, None, {
         **where, "dataset_class": "MultiViewDataset", "tokenizer": "VRQ",
-        "vrq_align_steps": STEPS, "vrq_cache_dir": str(cache_dir), "show_progress": False,
+        "vrq_align_steps": STEPS, "vrq_lr": 0.003, "vrq_cache_dir": str(cache_dir), "show_progress": False,
         "state": "WARNING", **extra})
     init_seed(config["seed"], config["reproducibility"])
     return config

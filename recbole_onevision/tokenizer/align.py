@@ -87,7 +87,7 @@ def train_head(inputs: TokenizerInputs, params, show_progress: bool = False) -> 
     items = np.flatnonzero(view_count)
     if len(items) < 2:
         raise ValueError("VRQ alignment needs catalogue views of at least 2 items")
-    targets = [attribute_targets(torch.from_numpy(f.tokens), f.vocab) for f in inputs.attributes]
+    tokens = [torch.from_numpy(f.tokens) for f in inputs.attributes]
     batch = min(params.batch_size, len(items))
     permutation, cursor = rng.permutation(items), 0
     progress = tqdm(range(params.align_steps), desc="VRQ alignment", disable=not show_progress)
@@ -110,8 +110,8 @@ def train_head(inputs: TokenizerInputs, params, show_progress: bool = False) -> 
         if params.circle_weight:
             loss = loss + params.circle_weight * circle_loss(a, p, params.circle_margin, params.circle_gamma)
         if params.attribute_weight:
-            for field, prototype, target in zip(inputs.attributes, head.prototypes, targets):
-                t = target[chosen]
+            for field, prototype, field_tokens in zip(inputs.attributes, head.prototypes, tokens):
+                t = attribute_targets(field_tokens[chosen], field.vocab)
                 known = t.sum(1) > 0
                 for h in (a, p):
                     logits = attribute_logits(h[known], prototype, params.temperature)
