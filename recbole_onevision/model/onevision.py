@@ -1,0 +1,246 @@
+"""OneVision: one generative model in place of the recall -> pre-rank -> rank cascade.
+
+An encoder-decoder transformer. The encoder reads, as one token sequence:
+
+* a [CLS] token (always present, so a row with no other input still attends to something);
+* the query photo: its VRQ-fused feature (aligned visual part + predicted attributes) projected
+  into ``visual_tokens`` tokens, and its VRQ-predicted SID prefix;
+* the user's profile tokens (``profile_fields``, default: every token field of ``.user``);
+* the SIDs of the user's past items (one token per item: the sum of its SID codes' embeddings,
+  plus its behaviour (click/order) and recency).
+
+Any of these may be absent (an anonymous query, no photo as on Beauty, no profile). The decoder
+emits the target item's SID code by code; beam search is constrained by a prefix trie to SIDs
+that exist (:class:`~recbole_onevision.model.trie.SIDTrie`), and ``full_sort_predict`` turns
+the beams into a RecBole score row (beam log-probability on the retrieved items, -inf
+elsewhere), so RecBole's evaluator and metrics apply unchanged.
+
+Training (``calculate_loss``): cross-entropy on every SID level of the item the user engaged
+with, orders weighted ``order_weight`` x clicks (personalised SFT), plus ``visual_prior_weight``
+x the same loss for predicting the *pictured* product from the photo alone (keeps the visual
+prior). The staged schedule of the paper (pretrain -> SFT -> DPO) and dynamic pruning are not
+built yet.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import FeatureType, InputType
+from torch import nn
+
+from recbole_onevision.model.trie import SIDTrie
+
+CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder tokens
+
+
+class OneVision(SequentialRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        sid = getattr(dataset, "item_sid", None)
+        if sid is None:
+            raise ValueError("OneVision needs semantic IDs: set `tokenizer: VRQ` and `dataset_class: "
+                             "MultiViewSequentialDataset` (properties/model/OneVision.yaml does)")
+        tokenizer = dataset.sid_tokenizer
+        self.sizes = tokenizer.codebook_sizes
+        self.levels = len(self.sizes)
+        self.beam_size = int(config["beam_size"])
+        largest_k = max(config["topk"]) if config["topk"] else 0
+        if self.beam_size < max(largest_k, 1):
+            raise ValueError(f"config beam_size: expected at least the largest topk ({largest_k}), "
+                             f"got {self.beam_size}")
+        d = config["d_model"]
+        self.d_model = d
+        offsets = torch.tensor([0] + self.sizes[:-1]).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        n_tokens = sum(self.sizes)
+        self.pad_token, self.bos_token = n_tokens, n_tokens + 1
+        item_tokens = sid.clamp_min(0) + offsets
+        item_tokens[0] = self.pad_token
+        self.register_buffer("item_tokens", item_tokens, persistent=False)
+        self.token_embedding = nn.Embedding(n_tokens + 2, d, padding_idx=self.pad_token)
+        self.level_embedding = nn.Embedding(self.levels + 1, d)
+        self.segment_embedding = nn.Embedding(5, d)
+
+        self._init_query(config, dataset, tokenizer)
+        self._init_profile(config, dataset)
+        self.behaviour_field = config["BEHAVIOUR_FIELD"] or "behaviour"
+        if self.behaviour_field not in dataset.field2type:
+            self.behaviour_field = None
+        n_behaviours = dataset.num(self.behaviour_field) if self.behaviour_field else 1
+        self.behaviour_embedding = nn.Embedding(n_behaviours, d, padding_idx=0)
+        self.order_token = (dataset.field2token_id[self.behaviour_field].get("order", -1)
+                            if self.behaviour_field else -1)
+        self.order_weight = float(config["order_weight"])
+        self.visual_prior_weight = float(config["visual_prior_weight"])
+        self.recency_embedding = nn.Embedding(self.max_seq_length + 1, d)
+
+        heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d, heads, ffn, dropout, batch_first=True, norm_first=True),
+            config["encoder_layers"], norm=nn.LayerNorm(d), enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d, heads, ffn, dropout, batch_first=True, norm_first=True),
+            config["decoder_layers"], norm=nn.LayerNorm(d))
+        self.input_dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(d, n_tokens)
+        self.trie = SIDTrie(sid, self.sizes)
+        self.apply(self._init_weights)
+
+    # ----- inputs --------------------------------------------------------------------------
+    def _init_query(self, config, dataset, tokenizer):
+        self.query_field = config["QUERY_ID_FIELD"] or "query_id"
+        photos = getattr(dataset, "query_embedding", None)
+        self.visual_tokens = int(config["visual_tokens"])
+        if photos is None or self.visual_tokens == 0:
+            self.query_feature = None
+            return
+        features = tokenizer.query_features(photos) if tokenizer.visual_width else F.normalize(photos, dim=1)
+        features[0] = 0  # no photo
+        self.register_buffer("query_feature", features, persistent=False)
+        prefix = dataset.query_sid if dataset.query_sid is not None else torch.full((len(photos), 0), -1)
+        prefix_tokens = torch.where(prefix >= 0, prefix + self.offsets[:prefix.shape[1]], self.pad_token)
+        self.register_buffer("query_prefix", prefix_tokens, persistent=False)
+        self.register_buffer("query_product", dataset.query_product.clone(), persistent=False)
+        self.visual = nn.Sequential(nn.LayerNorm(features.shape[1]),
+                                    nn.Linear(features.shape[1], self.visual_tokens * self.d_model))
+
+    def _init_profile(self, config, dataset):
+        fields = config["profile_fields"]
+        if fields is None:
+            user_feat = dataset.user_feat
+            fields = [] if user_feat is None else [
+                f for f in user_feat.columns if f != dataset.uid_field and dataset.field2type[f] == FeatureType.TOKEN]
+        for field in fields:
+            if dataset.field2type.get(field) != FeatureType.TOKEN:
+                raise ValueError(f"config profile_fields: {field!r} is not a loaded user token field")
+        self.profile_fields = list(fields)
+        self.profile_embedding = nn.ModuleList(nn.Embedding(dataset.num(f), self.d_model, padding_idx=0)
+                                               for f in self.profile_fields)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def _segment(self, x: torch.Tensor, segment: int) -> torch.Tensor:
+        return x + self.segment_embedding.weight[segment]
+
+    def encode(self, interaction, context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states and key-padding mask (True = absent). ``context=False`` reads the
+        photo alone (no profile, no history): the visual-prior task."""
+        seq = interaction[self.ITEM_SEQ]
+        batch, device = len(seq), seq.device
+        parts = [self._segment(torch.zeros(batch, 1, self.d_model, device=device), CLS)]
+        masks = [torch.zeros(batch, 1, dtype=torch.bool, device=device)]
+        if self.query_feature is not None:
+            query = interaction[self.query_field]
+            visual = self.visual(self.query_feature[query]).view(batch, self.visual_tokens, self.d_model)
+            parts.append(self._segment(visual, VISUAL))
+            masks.append((query == 0).unsqueeze(1).expand(batch, self.visual_tokens))
+            prefix = self.query_prefix[query]
+            if prefix.shape[1]:
+                levels = self.level_embedding.weight[1:prefix.shape[1] + 1]
+                parts.append(self._segment(self.token_embedding(prefix) + levels, PREFIX))
+                masks.append(prefix == self.pad_token)
+        if context and self.profile_fields:
+            tokens = torch.stack([interaction[f] for f in self.profile_fields], 1)
+            embedded = torch.stack([emb(interaction[f]) for f, emb in zip(self.profile_fields, self.profile_embedding)], 1)
+            parts.append(self._segment(embedded, PROFILE))
+            masks.append(tokens == 0)
+        if context:
+            history = self.token_embedding(self.item_tokens[seq]).sum(2)
+            length = interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
+            recency = (length - 1 - torch.arange(seq.shape[1], device=device)).clamp(0, self.max_seq_length)
+            history = history + self.recency_embedding(recency)
+            if self.behaviour_field:
+                history = history + self.behaviour_embedding(interaction[self.behaviour_field + "_list"])
+            parts.append(self._segment(history, HISTORY))
+            masks.append(seq == 0)
+        x = self.input_dropout(torch.cat(parts, 1))
+        mask = torch.cat(masks, 1)
+        return self.encoder(x, src_key_padding_mask=mask), mask
+
+    # ----- decoding --------------------------------------------------------------------------
+    def decode(self, memory, mask, tokens: torch.Tensor) -> torch.Tensor:
+        """Output states for decoder inputs ``tokens`` (BOS first): (rows, len, d_model)."""
+        steps = tokens.shape[1]
+        y = self.token_embedding(tokens) + self.level_embedding.weight[:steps]
+        causal = torch.triu(torch.full((steps, steps), float("-inf"), device=tokens.device), 1)
+        return self.decoder(self.input_dropout(y), memory, tgt_mask=causal, memory_key_padding_mask=mask)
+
+    def level_logits(self, states: torch.Tensor, level: int) -> torch.Tensor:
+        start = int(self.offsets[level])
+        return self.output(states)[..., start:start + self.sizes[level]]
+
+    def sid_log_likelihood(self, memory, mask, items: torch.Tensor) -> torch.Tensor:
+        """(rows, levels) log-probabilities of each level of ``items``' SIDs (teacher forcing)."""
+        targets = self.item_tokens[items]
+        bos = torch.full((len(items), 1), self.bos_token, device=items.device)
+        states = self.decode(memory, mask, torch.cat([bos, targets[:, :-1]], 1))
+        out = []
+        for level in range(self.levels):
+            logp = torch.log_softmax(self.level_logits(states[:, level], level), -1)
+            code = targets[:, level] - self.offsets[level]
+            out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
+        return torch.stack(out, 1)
+
+    def calculate_loss(self, interaction):
+        target = interaction[self.POS_ITEM_ID]
+        memory, mask = self.encode(interaction)
+        nll = -self.sid_log_likelihood(memory, mask, target).sum(1)
+        weight = torch.ones_like(nll)
+        if self.behaviour_field:
+            weight = torch.where(interaction[self.behaviour_field] == self.order_token, self.order_weight, 1.0)
+        loss = (nll * weight).sum() / weight.sum()
+        if self.visual_prior_weight and self.query_feature is not None:
+            product = self.query_product[interaction[self.query_field]]
+            known = product > 0
+            if known.any():
+                rows = interaction[torch.nonzero(known).squeeze(1)]
+                memory, mask = self.encode(rows, context=False)
+                prior = -self.sid_log_likelihood(memory, mask, product[known]).sum(1).mean()
+                loss = loss + self.visual_prior_weight * prior
+        return loss
+
+    @torch.no_grad()
+    def generate(self, interaction, beam_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Constrained beam search: (items, log-probabilities), each (batch, beam), best first.
+        Fewer real SIDs than beams leaves item 0 with score -inf in the last columns."""
+        beams = beam_size or self.beam_size
+        memory, mask = self.encode(interaction)
+        batch, device = memory.shape[0], memory.device
+        tokens = torch.full((batch, 1, 1), self.bos_token, device=device)
+        nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        scores = torch.zeros(batch, 1, device=device)
+        for level in range(self.levels):
+            k, steps, size = tokens.shape[1], tokens.shape[2], self.sizes[level]
+            states = self.decode(memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
+                                 tokens.view(batch * k, steps))[:, -1]
+            child = self.trie.step(level, nodes.view(-1))  # (batch * k, size)
+            logits = self.level_logits(states, level).masked_fill(child < 0, -1e9)
+            logp = torch.log_softmax(logits, -1).masked_fill(child < 0, float("-inf"))
+            total = (scores.unsqueeze(2) + logp.view(batch, k, size)).view(batch, k * size)
+            scores, index = total.topk(min(beams, k * size), dim=1)
+            parent, code = index // size, index % size
+            tokens = torch.cat([tokens.gather(1, parent.unsqueeze(2).expand(-1, -1, steps)),
+                                (code + self.offsets[level]).unsqueeze(2)], 2)
+            nodes = child.view(batch, k, size)[torch.arange(batch, device=device).unsqueeze(1), parent, code]
+        items = torch.where(torch.isfinite(scores), nodes, torch.zeros_like(nodes))
+        return items, scores
+
+    def full_sort_predict(self, interaction):
+        items, scores = self.generate(interaction)
+        out = torch.full((len(items), self.n_items), float("-inf"), device=items.device)
+        out.scatter_(1, items, scores)
+        out[:, 0] = float("-inf")
+        return out
+
+    def predict(self, interaction):
+        """Log-probability of the SID of ``interaction``'s item (sampled evaluation)."""
+        memory, mask = self.encode(interaction)
+        return self.sid_log_likelihood(memory, mask, interaction[self.ITEM_ID]).sum(1)

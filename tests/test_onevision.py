@@ -1,0 +1,121 @@
+"""OneVision: the trie, constrained beam search, full_sort_predict, training on a tiny shop."""
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.utils import init_seed
+
+from recbole_onevision.config import Config
+from recbole_onevision.data import mvshop
+from recbole_onevision.model.trie import SIDTrie
+from recbole_onevision.quick_start import run
+from recbole_onevision.registry import create_dataset, get_model
+
+TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=8, branching=(3, 2, 2), n_brands=12)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    mvshop.generate("mini", str(root), spec=TINY)
+    return root
+
+
+def prepare(root, tmp_path, **extra):
+    config = Config("OneVision", "mvshop-mini", None, {
+        "data_path": str(root), "vrq_align_steps": 100, "vrq_cache_dir": str(tmp_path / "cache"),
+        "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False, "state": "WARNING",
+        "d_model": 32, "ffn_size": 64, "train_batch_size": 64, "eval_batch_size": 64, **extra})
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model("OneVision")(config, train._dataset)
+    return config, dataset, model, (train, valid, test)
+
+
+def test_trie_only_continues_real_sids():
+    sid = torch.tensor([[-1, -1, -1], [0, 1, 0], [0, 1, 1], [2, 0, 0], [1, 1, 0]])
+    trie = SIDTrie(sid, [3, 2, 2])
+    assert trie.step(0, torch.tensor([0])).tolist() == [[0, 1, 2]]  # prefixes (0,), (1,), (2,) -> nodes
+    level1 = trie.step(1, trie.step(0, torch.tensor([0]))[0])
+    assert (level1 >= 0).sum() == 3  # (0,1), (1,1), (2,0)
+    node01 = trie.step(1, torch.tensor([trie.step(0, torch.tensor([0]))[0, 0]]))[0, 1]
+    assert trie.step(2, node01.view(1)).tolist() == [[1, 2]]  # items 1 and 2
+    with pytest.raises(ValueError, match="not unique"):
+        SIDTrie(torch.tensor([[-1, -1], [0, 1], [0, 1]]), [2, 2])
+
+
+def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path):
+    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path)
+    model.eval()
+    batch = next(iter(test))[0]
+    items, scores = model.generate(batch)
+    assert items.shape == (len(batch), config["beam_size"])
+    assert ((items >= 1) & (items < dataset.item_num)).all()  # never padding, never a made-up id
+    assert all(len(set(row.tolist())) == len(row) for row in items)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    # every returned item's SID is a real SID and its score is the constrained log-probability
+    row = model.full_sort_predict(batch)
+    assert torch.isfinite(row).sum(1).tolist() == [config["beam_size"]] * len(batch)
+    top = row.topk(10, dim=1)
+    assert torch.equal(top.indices, items[:, :10]) and torch.allclose(top.values, scores[:, :10])
+    # an anonymous query with no photo still decodes real items
+    batch.interaction["query_id"] = torch.zeros_like(batch["query_id"])
+    anonymous, _ = model.generate(batch)
+    assert ((anonymous >= 1) & (anonymous < dataset.item_num)).all()
+
+
+def test_training_memorises_a_tiny_shop(tiny_root, tmp_path):
+    """No dropout, many steps: decoding each training row's target returns it at rank 1."""
+    config, dataset, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batches = list(train)
+    losses = []
+    for _ in range(60):
+        for batch in batches:
+            optimizer.zero_grad()
+            loss = model.calculate_loss(batch)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()) if a.requires_grad)
+    model.eval()
+    hits = total = 0
+    for batch in batches:
+        items, _ = model.generate(batch, beam_size=5)
+        hits += (items[:, 0] == batch["item_id"]).sum().item()
+        total += len(batch)
+    assert hits / total > 0.9
+
+
+def test_onevision_without_photos_or_profile_runs_on_ml100k(tmp_path):
+    """Degraded mode: no query photos, SIDs from attributes + co-occurrence."""
+    config = Config("OneVision", "ml-100k", None, {
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "class"]},
+        "vrq_cache_dir": str(tmp_path), "state": "WARNING", "show_progress": False,
+        "train_batch_size": 32, "eval_batch_size": 32})
+    init_seed(config["seed"], True)
+    train, _, test = data_preparation(config, create_dataset(config))
+    model = get_model("OneVision")(config, train._dataset)
+    assert model.query_feature is None and model.profile_fields == []
+    loss = model.calculate_loss(next(iter(train)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    row = model.full_sort_predict(next(iter(test))[0])
+    assert (torch.isfinite(row).sum(1) == config["beam_size"]).all()
+
+
+def test_beam_smaller_than_topk_is_rejected(tiny_root, tmp_path):
+    with pytest.raises(ValueError, match="beam_size: expected at least the largest topk \\(10\\), got 5"):
+        prepare(tiny_root, tmp_path, beam_size=5)
+
+
+def test_run_py_trains_onevision_and_beats_popularity(tiny_root, tmp_path):
+    common = [f"--data_path={tiny_root}", f"--checkpoint_dir={tmp_path}", "--show_progress=False",
+              "--state=WARNING", f"--vrq_cache_dir={tmp_path}", "--vrq_align_steps=100"]
+    onevision = run("OneVision", "mvshop-mini", cmd_args=common + ["--epochs=8", "--d_model=32", "--ffn_size=64"])
+    pop = run("Pop", "mvshop-mini", cmd_args=common + ["--epochs=1"])
+    assert onevision["test_result"]["recall@10"] > pop["test_result"]["recall@10"] + 0.1
