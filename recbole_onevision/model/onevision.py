@@ -64,6 +64,7 @@ class OneVision(SequentialRecommender):
         self.level_embedding = nn.Embedding(self.levels + 1, d)
         self.segment_embedding = nn.Embedding(5, d)
 
+        self.visual_prior_weight = float(config["visual_prior_weight"])
         self._init_query(config, dataset, tokenizer)
         self._init_profile(config, dataset)
         self.behaviour_field = config["BEHAVIOUR_FIELD"] or "behaviour"
@@ -74,7 +75,6 @@ class OneVision(SequentialRecommender):
         self.order_token = (dataset.field2token_id[self.behaviour_field].get("order", -1)
                             if self.behaviour_field else -1)
         self.order_weight = float(config["order_weight"])
-        self.visual_prior_weight = float(config["visual_prior_weight"])
         self.recency_embedding = nn.Embedding(self.max_seq_length + 1, d)
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
@@ -95,15 +95,28 @@ class OneVision(SequentialRecommender):
         photos = getattr(dataset, "query_embedding", None)
         self.visual_tokens = int(config["visual_tokens"])
         if photos is None or self.visual_tokens == 0:
-            self.query_feature = None
+            self.query_feature = self.view_feature = None
             return
-        features = tokenizer.query_features(photos) if tokenizer.visual_width else F.normalize(photos, dim=1)
-        features[0] = 0  # no photo
+        def features_and_prefix(embeddings):
+            if not tokenizer.visual_width:  # SIDs fitted without images: raw photos, no prefix
+                return F.normalize(embeddings, dim=1), torch.full((len(embeddings), 0), self.pad_token)
+            codes = tokenizer.encode_queries(embeddings)
+            return tokenizer.query_features(embeddings), codes + self.offsets[:codes.shape[1]]
+
+        features, prefix = features_and_prefix(photos)
+        features[0], prefix[0] = 0, self.pad_token  # query id 0: no photo
         self.register_buffer("query_feature", features, persistent=False)
-        prefix = dataset.query_sid if dataset.query_sid is not None else torch.full((len(photos), 0), -1)
-        prefix_tokens = torch.where(prefix >= 0, prefix + self.offsets[:prefix.shape[1]], self.pad_token)
-        self.register_buffer("query_prefix", prefix_tokens, persistent=False)
+        self.register_buffer("query_prefix", prefix, persistent=False)
         self.register_buffer("query_product", dataset.query_product.clone(), persistent=False)
+        # catalogue views, read like photos: the view -> SID part of the visual prior
+        views = getattr(dataset, "view_embedding", None)
+        if views is None or not self.visual_prior_weight:
+            self.view_feature = None
+        else:
+            features, prefix = features_and_prefix(views)
+            self.register_buffer("view_feature", features, persistent=False)
+            self.register_buffer("view_prefix", prefix, persistent=False)
+            self.register_buffer("view_item", dataset.view_item.clone(), persistent=False)
         self.visual = nn.Sequential(nn.LayerNorm(features.shape[1]),
                                     nn.Linear(features.shape[1], self.visual_tokens * self.d_model))
 
@@ -134,19 +147,10 @@ class OneVision(SequentialRecommender):
         """Encoder states and key-padding mask (True = absent). ``context=False`` reads the
         photo alone (no profile, no history): the visual-prior task."""
         seq = interaction[self.ITEM_SEQ]
-        batch, device = len(seq), seq.device
-        parts = [self._segment(torch.zeros(batch, 1, self.d_model, device=device), CLS)]
-        masks = [torch.zeros(batch, 1, dtype=torch.bool, device=device)]
+        parts, masks = self._start(len(seq), seq.device)
         if self.query_feature is not None:
             query = interaction[self.query_field]
-            visual = self.visual(self.query_feature[query]).view(batch, self.visual_tokens, self.d_model)
-            parts.append(self._segment(visual, VISUAL))
-            masks.append((query == 0).unsqueeze(1).expand(batch, self.visual_tokens))
-            prefix = self.query_prefix[query]
-            if prefix.shape[1]:
-                levels = self.level_embedding.weight[1:prefix.shape[1] + 1]
-                parts.append(self._segment(self.token_embedding(prefix) + levels, PREFIX))
-                masks.append(prefix == self.pad_token)
+            self._add_photo(parts, masks, self.query_feature[query], self.query_prefix[query], query == 0)
         if context and self.profile_fields:
             tokens = torch.stack([interaction[f] for f in self.profile_fields], 1)
             embedded = torch.stack([emb(interaction[f]) for f, emb in zip(self.profile_fields, self.profile_embedding)], 1)
@@ -155,15 +159,38 @@ class OneVision(SequentialRecommender):
         if context:
             history = self.token_embedding(self.item_tokens[seq]).sum(2)
             length = interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
-            recency = (length - 1 - torch.arange(seq.shape[1], device=device)).clamp(0, self.max_seq_length)
+            recency = (length - 1 - torch.arange(seq.shape[1], device=seq.device)).clamp(0, self.max_seq_length)
             history = history + self.recency_embedding(recency)
             if self.behaviour_field:
                 history = history + self.behaviour_embedding(interaction[self.behaviour_field + "_list"])
             parts.append(self._segment(history, HISTORY))
             masks.append(seq == 0)
-        x = self.input_dropout(torch.cat(parts, 1))
+        return self._run_encoder(parts, masks)
+
+    def encode_views(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder input of catalogue views read as if they were query photos (view -> SID)."""
+        parts, masks = self._start(len(views), views.device)
+        absent = torch.zeros(len(views), dtype=torch.bool, device=views.device)
+        self._add_photo(parts, masks, self.view_feature[views], self.view_prefix[views], absent)
+        return self._run_encoder(parts, masks)
+
+    def _start(self, batch: int, device) -> tuple[list, list]:
+        cls = self._segment(torch.zeros(batch, 1, self.d_model, device=device), CLS)
+        return [cls], [torch.zeros(batch, 1, dtype=torch.bool, device=device)]
+
+    def _add_photo(self, parts, masks, features, prefix, absent):
+        batch = len(features)
+        visual = self.visual(features).view(batch, self.visual_tokens, self.d_model)
+        parts.append(self._segment(visual, VISUAL))
+        masks.append(absent.unsqueeze(1).expand(batch, self.visual_tokens))
+        if prefix.shape[1]:
+            levels = self.level_embedding.weight[1:prefix.shape[1] + 1]
+            parts.append(self._segment(self.token_embedding(prefix) + levels, PREFIX))
+            masks.append(prefix == self.pad_token)
+
+    def _run_encoder(self, parts, masks):
         mask = torch.cat(masks, 1)
-        return self.encoder(x, src_key_padding_mask=mask), mask
+        return self.encoder(self.input_dropout(torch.cat(parts, 1)), src_key_padding_mask=mask), mask
 
     # ----- decoding --------------------------------------------------------------------------
     def decode(self, memory, mask, tokens: torch.Tensor) -> torch.Tensor:
@@ -198,14 +225,24 @@ class OneVision(SequentialRecommender):
             weight = torch.where(interaction[self.behaviour_field] == self.order_token, self.order_weight, 1.0)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
-            product = self.query_product[interaction[self.query_field]]
-            known = product > 0
-            if known.any():
-                rows = interaction[torch.nonzero(known).squeeze(1)]
-                memory, mask = self.encode(rows, context=False)
-                prior = -self.sid_log_likelihood(memory, mask, product[known]).sum(1).mean()
-                loss = loss + self.visual_prior_weight * prior
+            loss = loss + self.visual_prior_weight * self._visual_prior_loss(interaction)
         return loss
+
+    def _visual_prior_loss(self, interaction):
+        """Photo alone -> SID of the pictured product, and catalogue view -> its item's SID
+        (as many random views as the batch has rows), so every item's SID is learnt from its
+        appearance, clicked in training or not."""
+        terms = []
+        product = self.query_product[interaction[self.query_field]]
+        known = torch.nonzero(product > 0).squeeze(1)
+        if len(known):
+            memory, mask = self.encode(interaction[known], context=False)
+            terms.append(-self.sid_log_likelihood(memory, mask, product[known]).sum(1).mean())
+        if self.view_feature is not None:
+            views = torch.randint(len(self.view_item), (len(product),), device=product.device)
+            memory, mask = self.encode_views(views)
+            terms.append(-self.sid_log_likelihood(memory, mask, self.view_item[views]).sum(1).mean())
+        return sum(terms) / max(len(terms), 1)
 
     @torch.no_grad()
     def generate(self, interaction, beam_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,52 @@
+"""VisualKNN: the recall stage of the vision-search cascade, alone.
+
+Items are ranked by their best catalogue view's cosine similarity to the query photo (raw
+embeddings, or the VRQ-aligned ones with ``visual_features: aligned``). Nothing is learnt; it
+trains for one epoch of a zero loss only so that RecBole's trainer saves and reloads it like
+any model. Interactions without a photo get a flat score row.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch import nn
+
+
+class VisualKNN(SequentialRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        photos, views = getattr(dataset, "query_embedding", None), getattr(dataset, "view_embedding", None)
+        if photos is None or views is None:
+            raise ValueError("VisualKNN needs query photos and catalogue views (<name>.query and <name>.view "
+                             "with their .npy) and `dataset_class: MultiViewSequentialDataset`")
+        mode = config["visual_features"]
+        if mode not in ("raw", "aligned"):
+            raise ValueError(f"config visual_features: expected 'raw' or 'aligned', got {mode!r}")
+        if mode == "aligned":
+            tokenizer = getattr(dataset, "sid_tokenizer", None)
+            if tokenizer is None or tokenizer.head is None:
+                raise ValueError("visual_features: aligned needs `tokenizer: VRQ` with vrq_align: True")
+            photos, views = tokenizer.visual(photos), tokenizer.visual(views)
+        self.query_field = config["QUERY_ID_FIELD"] or "query_id"
+        self.register_buffer("photos", F.normalize(photos.float(), dim=1), persistent=False)
+        self.register_buffer("views", F.normalize(views.float(), dim=1), persistent=False)
+        self.register_buffer("view_item", dataset.view_item.clone(), persistent=False)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def calculate_loss(self, interaction):
+        return self.dummy.sum() * 0.0
+
+    def full_sort_predict(self, interaction):
+        query = interaction[self.query_field]
+        similarity = self.photos[query] @ self.views.T
+        scores = torch.full((len(query), self.n_items), float("-inf"), device=similarity.device)
+        scores.scatter_reduce_(1, self.view_item.expand(len(query), -1), similarity, "amax")
+        scores[query == 0] = 0.0  # no photo: no preference
+        return scores
+
+    def predict(self, interaction):
+        return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
