@@ -1,4 +1,5 @@
 """OneVision: the trie, constrained beam search, full_sort_predict, training on a tiny shop."""
+import numpy as np
 import pytest
 import torch
 from recbole.data import data_preparation
@@ -116,6 +117,71 @@ def test_beam_smaller_than_topk_is_rejected(tiny_root, tmp_path):
 def test_run_py_trains_onevision_and_beats_popularity(tiny_root, tmp_path):
     common = [f"--data_path={tiny_root}", f"--checkpoint_dir={tmp_path}", "--show_progress=False",
               "--state=WARNING", f"--vrq_cache_dir={tmp_path}", "--vrq_align_steps=100"]
-    onevision = run("OneVision", "mvshop-mini", cmd_args=common + ["--epochs=8", "--d_model=32", "--ffn_size=64"])
+    onevision = run("OneVision", "mvshop-mini", cmd_args=common + [
+        "--stage_epochs={'pretrain': 2, 'sft': 8, 'dpo': 1}", "--d_model=32", "--ffn_size=64"])
     pop = run("Pop", "mvshop-mini", cmd_args=common + ["--epochs=1"])
     assert onevision["test_result"]["recall@10"] > pop["test_result"]["recall@10"] + 0.1
+
+
+def train_steps(model, batches, steps, lr=3e-3):
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = model.calculate_loss(batches[step % len(batches)])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo"])
+def test_each_stage_changes_the_weights_and_its_loss_falls(tiny_root, tmp_path, stage):
+    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0)
+    batches = list(train)
+    if stage == "dpo":
+        train_steps(model, batches, 20)  # a reference worth improving on
+    model.set_stage(stage)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    losses = train_steps(model, batches, 50)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])  # DPO starts at log 2 = 0.693
+    changed = [k for k, v in model.named_parameters() if not torch.equal(v, before[k])]
+    assert any(k.startswith("encoder") for k in changed) and any(k.startswith("decoder") for k in changed)
+
+
+def test_dpo_learns_to_prefer_the_chosen_item(tiny_root, tmp_path):
+    """Toy preferences: every training row's chosen item over its visually close rival."""
+    _, dataset, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, dpo_beta=0.5)
+    batches = list(train)
+    model.set_stage("dpo")  # reference = the untrained model: no preference yet
+    order = dataset.field2token_id["behaviour"]["order"]
+
+    def preferred_share(only_orders=False):
+        with torch.no_grad():
+            wins = [(model(b, b["item_id"]) > model(b, model.rejected_items(b)))[
+                b["behaviour"] == order if only_orders else slice(None)].float() for b in batches]
+        return torch.cat(wins).mean().item()
+
+    before, before_orders = preferred_share(), preferred_share(only_orders=True)
+    train_steps(model, batches, 100, lr=3e-3)
+    assert preferred_share() > max(0.9, before + 0.2)
+    assert preferred_share(only_orders=True) > max(0.9, before_orders + 0.2)
+
+
+def test_resuming_from_a_stage_checkpoint_equals_an_uninterrupted_run(tiny_root, tmp_path):
+    from recbole_onevision.registry import get_trainer
+
+    def fit(stages, saved_dir, **extra):
+        config, _, model, (train, valid, _) = prepare(
+            tiny_root, tmp_path, stages=stages, stage_epochs={"pretrain": 1, "sft": 2}, checkpoint_dir=str(saved_dir),
+            **extra)
+        trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model)
+        trainer.fit(train, valid, saved=True, show_progress=False)
+        return trainer, model
+
+    whole, whole_model = fit(["pretrain", "sft"], tmp_path / "a")
+    first, _ = fit(["pretrain"], tmp_path / "b")
+    _, resumed_model = fit(["sft"], tmp_path / "c", start_checkpoint=first.stage_files["pretrain"])
+    assert set(whole.stage_files) == {"pretrain", "sft"}
+    for (name, a), (_, b) in zip(whole_model.state_dict().items(), resumed_model.state_dict().items()):
+        assert torch.equal(a, b), name

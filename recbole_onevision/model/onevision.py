@@ -18,11 +18,13 @@ elsewhere), so RecBole's evaluator and metrics apply unchanged.
 Training (``calculate_loss``): cross-entropy on every SID level of the item the user engaged
 with, orders weighted ``order_weight`` x clicks (personalised SFT), plus ``visual_prior_weight``
 x the same loss for predicting the *pictured* product from the photo alone (keeps the visual
-prior). The staged schedule of the paper (pretrain -> SFT -> DPO) and dynamic pruning are not
-built yet.
+prior). Stages (``stages`` in the config, run by :class:`~recbole_onevision.trainer.OneVisionTrainer`):
+``pretrain`` (the visual prior alone), ``sft`` (the above) and ``dpo`` (preference optimisation
+against the SFT model). Dynamic pruning is not built yet.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -32,6 +34,7 @@ from torch import nn
 from recbole_onevision.model.trie import SIDTrie
 
 CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder tokens
+STAGES = ("pretrain", "sft", "dpo")  # in the order the paper trains them
 
 
 class OneVision(SequentialRecommender):
@@ -87,6 +90,10 @@ class OneVision(SequentialRecommender):
         self.input_dropout = nn.Dropout(dropout)
         self.output = nn.Linear(d, n_tokens)
         self.trie = SIDTrie(sid, self.sizes)
+        self.register_buffer("code_neighbour", _code_neighbours(sid), persistent=False)
+        self.dpo_beta = float(config["dpo_beta"])
+        self.stage = "sft"
+        self._reference: dict[str, torch.Tensor] | None = None
         self.apply(self._init_weights)
 
     # ----- inputs --------------------------------------------------------------------------
@@ -216,17 +223,77 @@ class OneVision(SequentialRecommender):
             out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
         return torch.stack(out, 1)
 
+    # ----- training stages ------------------------------------------------------------------
+    def supports_stage(self, stage: str) -> bool:
+        return stage != "pretrain" or self.query_feature is not None
+
+    def set_stage(self, stage: str) -> None:
+        """Switch the training objective. Entering ``dpo`` freezes the current weights as the
+        reference policy (kept outside the state dict)."""
+        if stage not in STAGES:
+            raise ValueError(f"config stages: unknown stage {stage!r}; expected some of {', '.join(STAGES)}")
+        if not self.supports_stage(stage):
+            raise ValueError(f"stage {stage!r} needs query photos; this dataset has none")
+        self.stage = stage
+        self._reference = ({k: v.detach().clone() for k, v in self.named_parameters()}
+                           if stage == "dpo" else None)
+
+    def forward(self, interaction, items: torch.Tensor) -> torch.Tensor:
+        """Log-probability of ``items``' SIDs given ``interaction`` (summed over levels)."""
+        memory, mask = self.encode(interaction)
+        return self.sid_log_likelihood(memory, mask, items).sum(1)
+
     def calculate_loss(self, interaction):
+        if self.stage == "pretrain":
+            return self._visual_prior_loss(interaction)
+        if self.stage == "dpo":
+            return self._dpo_loss(interaction)
+        return self._sft_loss(interaction)
+
+    def _row_weights(self, interaction, like: torch.Tensor) -> torch.Tensor:
+        if not self.behaviour_field:
+            return torch.ones_like(like)
+        return torch.where(interaction[self.behaviour_field] == self.order_token, self.order_weight, 1.0)
+
+    def _sft_loss(self, interaction):
         target = interaction[self.POS_ITEM_ID]
         memory, mask = self.encode(interaction)
         nll = -self.sid_log_likelihood(memory, mask, target).sum(1)
-        weight = torch.ones_like(nll)
-        if self.behaviour_field:
-            weight = torch.where(interaction[self.behaviour_field] == self.order_token, self.order_weight, 1.0)
+        weight = self._row_weights(interaction, nll)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
             loss = loss + self.visual_prior_weight * self._visual_prior_loss(interaction)
         return loss
+
+    def rejected_items(self, interaction) -> torch.Tensor:
+        """A visually close item the user did not choose: the photographed product when they
+        engaged with another one, else the item whose SID shares the longest prefix with theirs."""
+        target = interaction[self.POS_ITEM_ID]
+        rejected = self.code_neighbour[target]
+        if self.query_feature is not None:
+            pictured = self.query_product[interaction[self.query_field]]
+            rejected = torch.where((pictured > 0) & (pictured != target), pictured, rejected)
+        return rejected
+
+    def _dpo_loss(self, interaction):
+        """DPO (Rafailov et al. 2023) against the reference frozen when the stage began:
+        chosen = the item engaged with (orders weighted ``order_weight``), rejected =
+        :meth:`rejected_items`."""
+        if self._reference is None:
+            raise RuntimeError("dpo stage without a reference policy: call set_stage('dpo') first")
+        items = torch.stack([interaction[self.POS_ITEM_ID], self.rejected_items(interaction)], 1)
+        batch = len(items)
+        doubled, both = interaction.repeat(2), items.T.reshape(-1)  # chosen rows, then rejected rows
+        policy = self(doubled, both).view(2, batch)
+        training = self.training
+        self.train(False)  # the reference policy without dropout
+        with torch.no_grad():
+            reference = torch.func.functional_call(self, self._reference, (doubled, both)).view(2, batch)
+        self.train(training)
+        margin = (policy[0] - reference[0]) - (policy[1] - reference[1])
+        loss = -F.logsigmoid(self.dpo_beta * margin)
+        weight = self._row_weights(interaction, loss)
+        return (loss * weight).sum() / weight.sum()
 
     def _visual_prior_loss(self, interaction):
         """Photo alone -> SID of the pictured product, and catalogue view -> its item's SID
@@ -281,3 +348,19 @@ class OneVision(SequentialRecommender):
         """Log-probability of the SID of ``interaction``'s item (sampled evaluation)."""
         memory, mask = self.encode(interaction)
         return self.sid_log_likelihood(memory, mask, interaction[self.ITEM_ID]).sum(1)
+
+
+def _code_neighbours(item_sid: torch.Tensor) -> torch.Tensor:
+    """For each item, another item whose SID shares the longest prefix with its own (its
+    neighbour in lexicographic SID order); row 0 (padding) maps to 0."""
+    sid = item_sid[1:].numpy()
+    order = np.lexsort(sid.T[::-1])
+    ranked = sid[order]
+    shared = lambda a, b: np.cumprod(ranked[a] == ranked[b], axis=1).sum(1)  # noqa: E731
+    n = len(order)
+    before = np.r_[-1, shared(np.arange(1, n), np.arange(n - 1))]  # with the previous item
+    after = np.r_[before[1:], -1]  # with the next one
+    pick = np.where(after > before, np.minimum(np.arange(n) + 1, n - 1), np.maximum(np.arange(n) - 1, 0))
+    neighbour = np.zeros(len(item_sid), dtype=np.int64)
+    neighbour[order + 1] = order[pick] + 1
+    return torch.from_numpy(neighbour)
