@@ -1,4 +1,7 @@
 """OneVision: the trie, constrained beam search, full_sort_predict, training on a tiny shop."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ from recbole_onevision.config import Config
 from recbole_onevision.data import mvshop
 from recbole_onevision.model.trie import SIDTrie
 from recbole_onevision.quick_start import run
-from recbole_onevision.registry import create_dataset, get_model
+from recbole_onevision.registry import create_dataset, dataset_properties_file, get_model
 
 TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=8, branching=(3, 2, 2), n_brands=12)
 
@@ -115,12 +118,18 @@ def test_beam_smaller_than_topk_is_rejected(tiny_root, tmp_path):
 
 
 def test_run_py_trains_onevision_and_beats_popularity(tiny_root, tmp_path):
-    common = [f"--data_path={tiny_root}", f"--checkpoint_dir={tmp_path}", "--show_progress=False",
-              "--state=WARNING", f"--vrq_cache_dir={tmp_path}", "--vrq_align_steps=100"]
-    onevision = run("OneVision", "mvshop-mini", cmd_args=common + [
+    # under its own name: run() would regenerate a folder called mvshop-mini at the real scale
+    (tmp_path / "tinyshop").mkdir()
+    for f in (tiny_root / "mvshop-mini").iterdir():
+        shutil.copy(f, tmp_path / "tinyshop" / f.name.replace("mvshop-mini", "tinyshop"))
+    protocol = [dataset_properties_file("mvshop-mini")]
+    common = [f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path}", "--show_progress=False",
+              "--state=WARNING", "--vrq_align_steps=100"]
+    onevision = run("OneVision", "tinyshop", protocol, cmd_args=common + [
         "--stage_epochs={'pretrain': 2, 'sft': 8, 'dpo': 1}", "--d_model=32", "--ffn_size=64"])
-    pop = run("Pop", "mvshop-mini", cmd_args=common + ["--epochs=1"])
+    pop = run("Pop", "tinyshop", protocol, cmd_args=common + ["--epochs=1"])
     assert onevision["test_result"]["recall@10"] > pop["test_result"]["recall@10"] + 0.1
+    assert sorted(os.listdir(tmp_path / "tinyshop" / ".cache"))[0].startswith("vrq-")  # SIDs cached
 
 
 def train_steps(model, batches, steps, lr=3e-3):
