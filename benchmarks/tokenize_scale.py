@@ -28,9 +28,11 @@ def tokenize_child(dataset: str, max_queries: int, threads: int) -> dict:
         out = os.path.join(tmp, "report.json")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         start = time.time()
-        subprocess.run([sys.executable, "-m", "recbole_onevision.tokenize", "--dataset", dataset,
-                        "--vrq_cache=False", "--show_progress=False", f"--max_queries={max_queries}",
-                        "--json", out], check=True, env=env, stdout=subprocess.DEVNULL)
+        child = subprocess.run([sys.executable, "-m", "recbole_onevision.tokenize", "--dataset", dataset,
+                                "--vrq_cache=False", "--show_progress=False", f"--max_queries={max_queries}",
+                                "--json", out], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if child.returncode:
+            sys.exit(f"tokenizing {dataset} failed:\n{child.stderr[-3000:]}")
         wall = time.time() - start
         with open(out) as f:
             report = json.load(f)["VRQ"]

@@ -28,6 +28,8 @@ Decisions (tested in ``tests/test_compat.py``):
 from __future__ import annotations
 
 import importlib
+import os
+import time
 
 import torch
 
@@ -109,6 +111,12 @@ class SafeCheckpointMixin:
     ``_save_checkpoint``, ``resume_checkpoint`` and ``evaluate``).
     """
 
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        # RecBole names checkpoints <model>-<local time to the second>.pth, so two runs started
+        # in the same second (e.g. one per dataset, side by side) overwrite each other's.
+        self.saved_model_file = unique_checkpoint_path(self.checkpoint_dir, config["model"], config["dataset"])
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
@@ -151,6 +159,19 @@ class SafeCheckpointMixin:
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, False, model_file, show_progress)
+
+
+def unique_checkpoint_path(directory: str, model: str, dataset: str) -> str:
+    """``<directory>/<model>-<dataset>-<time>-<pid>[-n].pth``, a name no other run has taken."""
+    stem = os.path.join(directory, f"{model}-{dataset}-{time.strftime('%b-%d-%Y_%H-%M-%S')}-{os.getpid()}")
+    path, n = f"{stem}.pth", 1
+    while os.path.exists(path) or path in _TAKEN:
+        path, n = f"{stem}-{n}.pth", n + 1
+    _TAKEN.add(path)
+    return path
+
+
+_TAKEN: set[str] = set()  # names handed out in this process, saved to or not
 
 
 def with_safe_checkpoints(trainer_class):

@@ -55,3 +55,16 @@ def test_detect_anomaly_config_switch():
     assert torch.is_anomaly_enabled()
     Config("SASRec", "ml-100k")
     assert not torch.is_anomaly_enabled()
+
+
+def test_runs_started_in_the_same_second_get_their_own_checkpoint_files(tmp_path):
+    """RecBole names checkpoints by model and time to the second: side-by-side runs collided."""
+    from recbole.data import create_dataset, data_preparation
+
+    files = []
+    for dataset in ("ml-100k", "ml-100k"):
+        config = Config("Pop", dataset, config_dict={"checkpoint_dir": str(tmp_path), "state": "WARNING"})
+        train, _, _ = data_preparation(config, create_dataset(config))
+        model = registry.get_model("Pop")(config, train._dataset)
+        files.append(registry.get_trainer(config["MODEL_TYPE"], "Pop")(config, model).saved_model_file)
+    assert files[0] != files[1] and all("Pop-ml-100k-" in f for f in files)
