@@ -149,7 +149,6 @@ class VRQTokenizer:
         self.field_weights: list[float] = []
         self.codebooks: list[torch.Tensor] = []
         self.item_sid: torch.Tensor | None = None  # (item_num, levels + 1), row 0 = -1
-        self.item_feature: torch.Tensor | None = None  # fused features, only right after a fit
         self.visual_width = 0  # width of the visual part of the fused feature
 
     # ----- fitting -------------------------------------------------------------------------
@@ -175,7 +174,6 @@ class VRQTokenizer:
         sid = np.full((inputs.item_num, p.levels + 1), -1, dtype=np.int64)
         sid[1:, :-1], sid[1:, -1] = codes.numpy(), unique
         self.item_sid = torch.from_numpy(sid)
-        self.item_feature = fused
         return self
 
     def _fit_visual(self, inputs: TokenizerInputs, show_progress: bool) -> torch.Tensor | None:
