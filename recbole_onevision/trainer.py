@@ -36,7 +36,9 @@ class OneVisionTrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         from recbole_onevision.model.onevision import STAGES
 
-        stages = list(self.config["stages"] or ["sft"])
+        stages = self.config["stages"] or ["sft"]
+        if isinstance(stages, str):  # --stages=[sft,dpo] or --stages=sft from the command line
+            stages = [s.strip(" '\"") for s in stages.strip("[]").split(",") if s.strip()]
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages:
             raise ValueError(f"config stages: expected some of {', '.join(STAGES)}, got {stages!r}")
