@@ -194,3 +194,41 @@ def test_resuming_from_a_stage_checkpoint_equals_an_uninterrupted_run(tiny_root,
     assert set(whole.stage_files) == {"pretrain", "sft"}
     for (name, a), (_, b) in zip(whole_model.state_dict().items(), resumed_model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_dynamic_pruning_drops_unrelated_history_and_hopeless_beams(tiny_root, tmp_path):
+    config, dataset, model, (train, _, test) = prepare(tiny_root, tmp_path, dropout=0.0)
+    train_steps(model, list(train), 30)  # a model with confident beams
+    model.eval()
+    batch = next(iter(test))[0]
+    items, scores = model.generate(batch, prune=False)
+    plain = dict(model.decode_stats)
+    # dropping absent tokens out of the encoder sequence is exact
+    model.prune_keep_recent, model.prune_prefix_levels, model.prune_beam_margin = 10**6, 1, float("inf")
+    same_items, same_scores = model.generate(batch, prune=True)
+    assert torch.equal(same_items[:, :10], items[:, :10])
+    assert torch.allclose(same_scores, scores, atol=1e-4)
+    # history kept: the most recent items, and older ones sharing the photo's predicted level-1 code
+    model.prune_keep_recent = 2
+    kept = model.history_kept(batch)
+    seq, length = batch["item_id_list"], batch["item_length"]
+    prefix = model.query_prefix[batch["query_id"]][:, 0]
+    for row in range(len(seq)):
+        for pos in range(int(length[row])):
+            recent = pos >= length[row] - 2
+            related = model.item_tokens[seq[row, pos], 0] == prefix[row]
+            assert bool(kept[row, pos]) == bool(recent or related or batch["query_id"][row] == 0)
+    assert not kept[:, :].all()  # this batch has unrelated history to drop
+    pruned_items, pruned_scores = model.generate(batch, prune=True)
+    assert model.decode_stats["memory_tokens"] < plain["memory_tokens"]
+    # beams far behind their row's best are dropped; what is left is real items, best first
+    model.prune_beam_margin = 2.0
+    pruned_items, pruned_scores = model.generate(batch, prune=True)
+    assert pruned_items.shape == items.shape
+    assert model.decode_stats["beams_expanded"] < plain["beams_expanded"]
+    finite = torch.isfinite(pruned_scores)
+    assert ((pruned_items >= 1) == finite).all() and (pruned_items < dataset.item_num).all()
+    assert (pruned_scores[finite] >= (pruned_scores[:, :1] - 2.0).expand_as(pruned_scores)[finite]).all()
+    assert finite[:, 0].all()
+    with pytest.raises(ValueError, match="prune_beam_margin: expected a value >= 0"):
+        prepare(tiny_root, tmp_path, prune_beam_margin=-1.0)

@@ -20,7 +20,14 @@ with, orders weighted ``order_weight`` x clicks (personalised SFT), plus ``visua
 x the same loss for predicting the *pictured* product from the photo alone (keeps the visual
 prior). Stages (``stages`` in the config, run by :class:`~recbole_onevision.trainer.OneVisionTrainer`):
 ``pretrain`` (the visual prior alone), ``sft`` (the above) and ``dpo`` (preference optimisation
-against the SFT model). Dynamic pruning is not built yet.
+against the SFT model).
+
+Dynamic pruning (``prune``, inference only, :meth:`generate`): history items whose first
+``prune_prefix_levels`` SID codes differ from the query photo's predicted prefix are dropped from
+the encoder (the ``prune_keep_recent`` most recent are always kept), and beams more than
+``prune_beam_margin`` log-probability behind their row's best are dropped at every level. Absent
+and pruned tokens are then cut out of the encoder sequence, and finished (-inf) beams out of the
+beam set, so the saved work is real, not masked.
 """
 from __future__ import annotations
 
@@ -93,6 +100,16 @@ class OneVision(SequentialRecommender):
         self.register_buffer("code_neighbour", _code_neighbours(sid), persistent=False)
         self.dpo_beta = float(config["dpo_beta"])
         self.dpo_sft_weight = float(config["dpo_sft_weight"] or 0.0)
+        self.prune = bool(config["prune"])
+        self.prune_keep_recent = int(config["prune_keep_recent"] or 0)
+        self.prune_prefix_levels = int(config["prune_prefix_levels"] or 0)
+        self.prune_beam_margin = float(config["prune_beam_margin"]) if config["prune_beam_margin"] is not None \
+            else float("inf")
+        for key, value in (("prune_keep_recent", self.prune_keep_recent),
+                           ("prune_prefix_levels", self.prune_prefix_levels),
+                           ("prune_beam_margin", self.prune_beam_margin)):
+            if value < 0:
+                raise ValueError(f"config {key}: expected a value >= 0, got {value}")
         self.stage = "sft"
         self._reference: dict[str, torch.Tensor] | None = None
         self.apply(self._init_weights)
@@ -151,9 +168,10 @@ class OneVision(SequentialRecommender):
     def _segment(self, x: torch.Tensor, segment: int) -> torch.Tensor:
         return x + self.segment_embedding.weight[segment]
 
-    def encode(self, interaction, context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, interaction, context: bool = True, prune: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states and key-padding mask (True = absent). ``context=False`` reads the
-        photo alone (no profile, no history): the visual-prior task."""
+        photo alone (no profile, no history): the visual-prior task; ``prune`` drops history
+        items unrelated to the photo (:meth:`history_kept`)."""
         seq = interaction[self.ITEM_SEQ]
         parts, masks = self._start(len(seq), seq.device)
         if self.query_feature is not None:
@@ -172,8 +190,27 @@ class OneVision(SequentialRecommender):
             if self.behaviour_field:
                 history = history + self.behaviour_embedding(interaction[self.behaviour_field + "_list"])
             parts.append(self._segment(history, HISTORY))
-            masks.append(seq == 0)
+            absent = seq == 0
+            if prune:
+                absent = absent | ~self.history_kept(interaction)
+            masks.append(absent)
         return self._run_encoder(parts, masks)
+
+    def history_kept(self, interaction) -> torch.Tensor:
+        """(batch, history) True for the history items dynamic pruning keeps: the
+        ``prune_keep_recent`` most recent, and those whose first ``prune_prefix_levels`` SID codes
+        equal the query photo's predicted prefix. Rows without a photo (or without predicted
+        prefixes) keep everything: nothing tells which items are unrelated."""
+        seq = interaction[self.ITEM_SEQ]
+        levels = self.prune_prefix_levels
+        if self.query_feature is None or not levels or self.query_prefix.shape[1] < levels:
+            return torch.ones_like(seq, dtype=torch.bool)
+        length = interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
+        recent = (length - 1 - torch.arange(seq.shape[1], device=seq.device)) < self.prune_keep_recent
+        query = interaction[self.query_field]
+        prefix = self.query_prefix[query][:, :levels]
+        related = (self.item_tokens[seq][:, :, :levels] == prefix.unsqueeze(1)).all(2)
+        return recent | related | (query == 0).unsqueeze(1)
 
     def encode_views(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder input of catalogue views read as if they were query photos (view -> SID)."""
@@ -197,8 +234,10 @@ class OneVision(SequentialRecommender):
             masks.append(prefix == self.pad_token)
 
     def _run_encoder(self, parts, masks):
-        mask = torch.cat(masks, 1)
-        return self.encoder(self.input_dropout(torch.cat(parts, 1)), src_key_padding_mask=mask), mask
+        x, mask = torch.cat(parts, 1), torch.cat(masks, 1)
+        if not self.training:  # absent tokens out of the sequence: exact, and less work
+            x, mask = _compact(x, mask)
+        return self.encoder(self.input_dropout(x), src_key_padding_mask=mask), mask
 
     # ----- decoding --------------------------------------------------------------------------
     def decode(self, memory, mask, tokens: torch.Tensor) -> torch.Tensor:
@@ -315,29 +354,45 @@ class OneVision(SequentialRecommender):
         return sum(terms) / max(len(terms), 1)
 
     @torch.no_grad()
-    def generate(self, interaction, beam_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, interaction, beam_size: int | None = None,
+                 prune: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Constrained beam search: (items, log-probabilities), each (batch, beam), best first.
-        Fewer real SIDs than beams leaves item 0 with score -inf in the last columns."""
+        Fewer real SIDs than beams (or beams dropped by pruning; ``prune`` defaults to the
+        config's) leaves item 0 with score -inf in the last columns."""
         beams = beam_size or self.beam_size
-        memory, mask = self.encode(interaction)
+        prune = self.prune if prune is None else prune
+        margin = self.prune_beam_margin if prune else float("inf")
+        memory, mask = self.encode(interaction, prune=prune)
         batch, device = memory.shape[0], memory.device
         tokens = torch.full((batch, 1, 1), self.bos_token, device=device)
         nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
         scores = torch.zeros(batch, 1, device=device)
+        self.decode_stats = {"rows": batch, "memory_tokens": int((~mask).sum()), "beams_expanded": 0}
         for level in range(self.levels):
             k, steps, size = tokens.shape[1], tokens.shape[2], self.sizes[level]
-            states = self.decode(memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
-                                 tokens.view(batch * k, steps))[:, -1]
-            child = self.trie.step(level, nodes.view(-1))  # (batch * k, size)
-            logits = self.level_logits(states, level).masked_fill(child < 0, -1e9)
-            logp = torch.log_softmax(logits, -1).masked_fill(child < 0, float("-inf"))
-            total = (scores.unsqueeze(2) + logp.view(batch, k, size)).view(batch, k * size)
-            scores, index = total.topk(min(beams, k * size), dim=1)
+            live = torch.nonzero(torch.isfinite(scores).view(-1)).squeeze(1)  # only these are decoded
+            self.decode_stats["beams_expanded"] += len(live)
+            rows = live // k
+            states = self.decode(memory[rows], mask[rows], tokens.view(batch * k, steps)[live])[:, -1]
+            child = torch.full((batch * k, size), -1, dtype=torch.long, device=device)
+            child[live] = self.trie.step(level, nodes.view(-1)[live])
+            logits = self.level_logits(states, level).masked_fill(child[live] < 0, -1e9)
+            logp = torch.log_softmax(logits, -1).masked_fill(child[live] < 0, float("-inf"))
+            total = torch.full((batch * k, size), float("-inf"), device=device)
+            total[live] = scores.view(-1)[live].unsqueeze(1) + logp
+            scores, index = total.view(batch, k * size).topk(min(beams, k * size), dim=1)
+            scores = scores.masked_fill(scores < scores[:, :1] - margin, float("-inf"))
+            alive = max(int(torch.isfinite(scores).sum(1).max()), 1)  # beams are sorted: a prefix
+            scores, index = scores[:, :alive], index[:, :alive]
             parent, code = index // size, index % size
             tokens = torch.cat([tokens.gather(1, parent.unsqueeze(2).expand(-1, -1, steps)),
                                 (code + self.offsets[level]).unsqueeze(2)], 2)
             nodes = child.view(batch, k, size)[torch.arange(batch, device=device).unsqueeze(1), parent, code]
         items = torch.where(torch.isfinite(scores), nodes, torch.zeros_like(nodes))
+        missing = beams - items.shape[1]
+        if missing > 0:  # keep the documented (batch, beam) shape
+            items = F.pad(items, (0, missing))
+            scores = F.pad(scores, (0, missing), value=float("-inf"))
         return items, scores
 
     def full_sort_predict(self, interaction):
@@ -351,6 +406,15 @@ class OneVision(SequentialRecommender):
         """Log-probability of the SID of ``interaction``'s item (sampled evaluation)."""
         memory, mask = self.encode(interaction)
         return self.sid_log_likelihood(memory, mask, interaction[self.ITEM_ID]).sum(1)
+
+
+def _compact(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's present tokens (mask False) first and cut the columns no row uses.
+    Attention ignores masked keys, so the encoder's output on present tokens is unchanged."""
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+    width = max(int((~mask).sum(1).max()), 1)
+    order = order[:, :width]
+    return x.gather(1, order.unsqueeze(2).expand(-1, -1, x.shape[2])), mask.gather(1, order)
 
 
 def _code_neighbours(item_sid: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""OneVision's dynamic pruning, off and on, on the same trained checkpoint in one run.
+
+    python benchmarks/pruning.py --checkpoint saved/<run>-dpo.pth [--dataset mvshop-mini]
+                                 [--latency_queries 300] [--key=value ...]
+
+The checkpoint is evaluated on the test split twice through RecBole's evaluator (pruning off,
+then on; ``--prune_*`` overrides set the thresholds). For each setting the table gives the
+metrics, the FLOPs of decoding per query (torch's FlopCounterMode over the whole test split),
+the encoder tokens and decoder beam expansions per query, the single-query latency (p50/p95
+over ``--latency_queries`` test queries, one at a time, after a warm-up) and the batched
+throughput of the evaluation. Run with the config overrides the checkpoint was trained with,
+so the same SIDs are rebuilt (they come from the VRQ cache).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+from recbole.data import data_preparation
+from recbole.utils import init_logger, init_seed
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_onevision.compat import load_checkpoint  # noqa: E402
+from recbole_onevision.config import Config  # noqa: E402
+from recbole_onevision.registry import create_dataset, get_trainer  # noqa: E402
+
+
+def decode_cost(model, test_data) -> dict:
+    """FLOPs, encoder tokens and beam expansions per query over the whole test split."""
+    flops = tokens = beams = rows = 0
+    for batch in test_data:
+        interaction = batch[0].to(model.device)
+        with FlopCounterMode(display=False) as counter:
+            model.generate(interaction)
+        flops += counter.get_total_flops()
+        stats = model.decode_stats
+        tokens, beams, rows = tokens + stats["memory_tokens"], beams + stats["beams_expanded"], rows + stats["rows"]
+    return {"mflops": flops / rows / 1e6, "tokens": tokens / rows, "beams": beams / rows}
+
+
+def single_query_latency(model, test_data, queries: int) -> dict:
+    rows = []
+    for batch in test_data:
+        interaction = batch[0].to(model.device)
+        rows += [interaction[i:i + 1] for i in range(len(interaction))]
+        if len(rows) >= queries + 10:
+            break
+    for row in rows[:10]:  # warm-up
+        model.full_sort_predict(row)
+    times = []
+    for row in rows[10:queries + 10]:
+        start = time.perf_counter()
+        model.full_sort_predict(row)
+        times.append(time.perf_counter() - start)
+    return {"p50_ms": 1e3 * float(np.percentile(times, 50)), "p95_ms": 1e3 * float(np.percentile(times, 95)),
+            "queries": len(times)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a OneVision checkpoint written by run.py")
+    parser.add_argument("--dataset", default="mvshop-mini")
+    parser.add_argument("--latency_queries", type=int, default=300)
+    args, overrides = parser.parse_known_args(argv)
+    config = Config("OneVision", args.dataset, None, {"show_progress": False}, cmd_args=overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train_data, _, test_data = data_preparation(config, dataset)
+    model = config.model_class(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(load_checkpoint(args.checkpoint, map_location=config["device"])["state_dict"])
+    model.eval()
+    trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model)
+
+    rows = []
+    with torch.no_grad():
+        for prune in (False, True):
+            model.prune = prune
+            start = time.perf_counter()
+            result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+            seconds = time.perf_counter() - start
+            cost = decode_cost(model, test_data)
+            latency = single_query_latency(model, test_data, args.latency_queries)
+            rows.append({"setting": "pruning on" if prune else "pruning off", **result, **cost, **latency,
+                         "throughput": len(test_data.dataset.inter_feat) / seconds})
+
+    metrics = [m for m in rows[0] if "@" in m]
+    columns = metrics + ["mflops", "tokens", "beams", "p50_ms", "p95_ms", "throughput"]
+    heads = metrics + ["MFLOPs/query", "encoder tokens/query", "beams decoded/query", "latency p50 (ms)",
+                       "latency p95 (ms)", "queries/s (batched)"]
+    print(f"\nOneVision dynamic pruning on {args.dataset} test ({len(test_data.dataset.inter_feat)} queries), "
+          f"checkpoint {args.checkpoint}; thresholds: keep_recent {config['prune_keep_recent']}, prefix_levels "
+          f"{config['prune_prefix_levels']}, beam_margin {config['prune_beam_margin']}, beam_size "
+          f"{config['beam_size']}; latency over {rows[0]['queries']} single queries")
+    print(f"{platform.node()} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {datetime.date.today()}\n")
+    print("| setting | " + " | ".join(heads) + " |\n" + "|---" * (len(heads) + 1) + "|")
+    for row in rows:
+        print(f"| {row['setting']} | " + " | ".join(f"{row[c]:.4f}" if c in metrics else f"{row[c]:.1f}"
+                                                    for c in columns) + " |")
+    off, on = rows
+    print("| on / off | " + " | ".join(f"{on[c] / off[c]:.3f}" if off[c] else "-" for c in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()
