@@ -232,3 +232,22 @@ def test_dynamic_pruning_drops_unrelated_history_and_hopeless_beams(tiny_root, t
     assert finite[:, 0].all()
     with pytest.raises(ValueError, match="prune_beam_margin: expected a value >= 0"):
         prepare(tiny_root, tmp_path, prune_beam_margin=-1.0)
+
+
+def test_empty_history_rows_make_one_off_sessions_trainable(tiny_root, tmp_path):
+    """With empty_history_rows every interaction is a row (RecBole skips each user's first),
+    the first predicted from an empty history; OneVision trains on such rows."""
+    _, dataset, _, splits = prepare(tiny_root, tmp_path)
+    _, full, model, full_splits = prepare(tiny_root, tmp_path, empty_history_rows=True)
+    rows = lambda parts: sum(len(p.dataset.inter_feat) for p in parts)  # noqa: E731
+    users = len(np.unique(dataset.inter_feat["user_id"].numpy()))
+    assert rows(full_splits) == rows(splits) + users
+    train = full_splits[0].dataset.inter_feat
+    empty = train["item_id_list"][:, 0] == 0
+    assert empty.sum() == users  # the first session of each user, all in training (time order)
+    assert (train["item_id_list"][empty] == 0).all()
+    # other histories are RecBole's own: no padding item in front, length = items listed
+    assert ((train["item_id_list"] > 0).sum(1)[~empty] == train["item_length"][~empty]).all()
+    loss = model.calculate_loss(full_splits[0]._dataset.join(train[torch.nonzero(empty).squeeze(1)]))
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -88,4 +88,46 @@ class MultiViewDataset(MultiViewMixin, Dataset):
 
 
 class MultiViewSequentialDataset(MultiViewMixin, SequentialDataset):
-    """RecBole ``SequentialDataset`` with query photos and catalogue views."""
+    """RecBole ``SequentialDataset`` with query photos and catalogue views.
+
+    RecBole makes a row for every interaction but each user's first (it has no history to
+    predict from). A search starts from a photo, so with ``empty_history_rows: True`` the first
+    interaction becomes a row too, with an empty history (item list ``[0]``, the padding item,
+    length 1): one-off sessions such as ETH-80's anonymous query photos then train and evaluate.
+    Other rows' histories are as RecBole makes them.
+    """
+
+    def data_augmentation(self):
+        if not self.config["empty_history_rows"]:
+            return super().data_augmentation()
+        self._prepend_padding_interactions()
+        super().data_augmentation()
+        self._drop_padding_from_histories()
+
+    def _drop_padding_from_histories(self):
+        """Histories that start with the padding interaction lose it (shifted left, one shorter)."""
+        lists = [f for f in self.inter_feat.interaction if f.endswith(self.config["LIST_SUFFIX"])]
+        length = self.inter_feat[self.item_list_length_field]
+        padded = (self.inter_feat[self.item_id_list_field][:, 0] == 0) & (length > 1)
+        for field in lists:
+            values = self.inter_feat[field]
+            shifted = values[padded].roll(-1, dims=1)
+            shifted[:, -1] = 0
+            values[padded] = shifted
+        length[padded] -= 1
+
+    def _prepend_padding_interactions(self):
+        """One padding interaction (item 0, before the user's first) per user: RecBole's
+        augmentation then predicts the first real interaction from it, and drops it as a target."""
+        from recbole.data.interaction import Interaction, cat_interactions
+
+        self._check_field("uid_field", "time_field")
+        users, inverse = np.unique(self.inter_feat[self.uid_field].numpy(), return_inverse=True)
+        time = self.inter_feat[self.time_field]
+        first = torch.zeros(len(users), dtype=time.dtype).scatter_reduce(
+            0, torch.from_numpy(inverse.reshape(-1)), time, "amin", include_self=False)
+        padding = {field: torch.zeros((len(users),) + values.shape[1:], dtype=values.dtype)
+                   for field, values in self.inter_feat.interaction.items()}
+        padding[self.uid_field] = torch.from_numpy(users)
+        padding[self.time_field] = first - 1  # RecBole sorts by user, then time
+        self.inter_feat = cat_interactions([Interaction(padding), self.inter_feat])
