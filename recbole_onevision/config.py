@@ -12,7 +12,7 @@ import os
 import torch
 from recbole.config import Config as RecBoleConfig
 
-from recbole_onevision import registry
+from recbole_onevision import metrics, registry  # noqa: F401 (metrics: registers them with RecBole)
 from recbole_onevision.compat import install_numpy_aliases, no_default_negatives_for_ce
 
 

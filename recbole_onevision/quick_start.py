@@ -16,6 +16,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 from recbole_onevision.config import Config
 from recbole_onevision.data import mvshop
 from recbole_onevision.io import atomic_write_text
+from recbole_onevision.metrics import check_dataset as check_metric_fields
 from recbole_onevision.registry import create_dataset, get_trainer
 
 
@@ -66,6 +67,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
 
     dataset = create_dataset(config)
     logger.info(dataset)
+    check_metric_fields(config, dataset)  # before training, not after the first epoch
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

@@ -97,15 +97,21 @@ def dataset_properties_file(dataset_name: str) -> str | None:
 def get_trainer(model_type, model_name: str) -> type:
     """``recbole_onevision.trainer.<Model>Trainer`` if it exists, else RecBole's choice.
 
-    Every trainer comes back with safe, atomic checkpoints (see :mod:`compat`).
+    Every trainer comes back with safe, atomic checkpoints (see :mod:`compat`) and evaluates
+    with the multi-view metrics' collector (see :mod:`recbole_onevision.metrics`).
     """
+    from recbole_onevision.metrics import MultiViewEvaluationMixin
     import recbole_onevision.trainer as plugin_trainers
     from recbole.utils import get_trainer as recbole_get_trainer
 
     trainer = getattr(plugin_trainers, f"{model_name}Trainer", None)
     if trainer is None:
         trainer = recbole_get_trainer(model_type, model_name)
-    return with_safe_checkpoints(trainer)
+    trainer = with_safe_checkpoints(trainer)
+    if issubclass(trainer, MultiViewEvaluationMixin):
+        return trainer
+    return type(trainer.__name__, (MultiViewEvaluationMixin, trainer), {
+        "__module__": trainer.__module__, "__doc__": trainer.__doc__})
 
 
 def create_dataset(config):
