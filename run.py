@@ -2,7 +2,7 @@
 """Train and evaluate a model on a dataset: plugin models and every RecBole model alike.
 
 Examples:
-    python run.py                                   # SASRec on MVShop mini (generated on first use)
+    python run.py                                   # OneVision on MVShop mini (generated on first use)
     python run.py --model=SASRec --dataset=Beauty   # after converting Beauty, see README
     python run.py --model=GRU4Rec --dataset=Beauty --epochs=5 --learning_rate=0.002
 """

@@ -8,7 +8,8 @@ then on; ``--prune_*`` overrides set the thresholds). For each setting the table
 metrics, the FLOPs of decoding per query (torch's FlopCounterMode over the whole test split),
 the encoder tokens and decoder beam expansions per query, the single-query latency (p50/p95
 over ``--latency_queries`` test queries, one at a time, after a warm-up) and the batched
-throughput of the evaluation. Run with the config overrides the checkpoint was trained with,
+throughput of the evaluation; timings alternate off/on for ``--repeats`` rounds and keep each
+setting's best round. Run with the config overrides the checkpoint was trained with,
 so the same SIDs are rebuilt (they come from the VRQ cache).
 """
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", required=True, help="a OneVision checkpoint written by run.py")
     parser.add_argument("--dataset", default="mvshop-mini")
     parser.add_argument("--latency_queries", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds (off, on alternating); best kept")
     args, overrides = parser.parse_known_args(argv)
     config = Config("OneVision", args.dataset, None, {"show_progress": False}, cmd_args=overrides)
     init_seed(config["seed"], config["reproducibility"])
@@ -83,13 +85,21 @@ def main(argv=None) -> None:
     with torch.no_grad():
         for prune in (False, True):
             model.prune = prune
-            start = time.perf_counter()
             result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-            seconds = time.perf_counter() - start
-            cost = decode_cost(model, test_data)
-            latency = single_query_latency(model, test_data, args.latency_queries)
-            rows.append({"setting": "pruning on" if prune else "pruning off", **result, **cost, **latency,
-                         "throughput": len(test_data.dataset.inter_feat) / seconds})
+            rows.append({"setting": "pruning on" if prune else "pruning off", **result,
+                         **decode_cost(model, test_data), "seconds": float("inf")})
+        # timings alternate off/on (best of --repeats), so load from other processes hits both alike
+        for _ in range(args.repeats):
+            for prune, row in zip((False, True), rows):
+                model.prune = prune
+                start = time.perf_counter()
+                trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+                row["seconds"] = min(row["seconds"], time.perf_counter() - start)
+                latency = single_query_latency(model, test_data, args.latency_queries)
+                if "p50_ms" not in row or latency["p50_ms"] < row["p50_ms"]:
+                    row.update(latency)
+    for row in rows:
+        row["throughput"] = len(test_data.dataset.inter_feat) / row["seconds"]
 
     metrics = [m for m in rows[0] if "@" in m]
     columns = metrics + ["mflops", "tokens", "beams", "p50_ms", "p95_ms", "throughput"]
@@ -98,7 +108,7 @@ def main(argv=None) -> None:
     print(f"\nOneVision dynamic pruning on {args.dataset} test ({len(test_data.dataset.inter_feat)} queries), "
           f"checkpoint {args.checkpoint}; thresholds: keep_recent {config['prune_keep_recent']}, prefix_levels "
           f"{config['prune_prefix_levels']}, beam_margin {config['prune_beam_margin']}, beam_size "
-          f"{config['beam_size']}; latency over {rows[0]['queries']} single queries")
+          f"{config['beam_size']}; latency over {rows[0]['queries']} single queries, best of {args.repeats} rounds")
     print(f"{platform.node()} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {datetime.date.today()}\n")
     print("| setting | " + " | ".join(heads) + " |\n" + "|---" * (len(heads) + 1) + "|")

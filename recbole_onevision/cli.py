@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_MODEL = "SASRec"
+DEFAULT_MODEL = "OneVision"
 DEFAULT_DATASET = "mvshop-mini"
 
 
