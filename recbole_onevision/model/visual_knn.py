@@ -14,6 +14,15 @@ from recbole.utils import InputType
 from torch import nn
 
 
+def best_view_similarity(photos: torch.Tensor, views: torch.Tensor, view_item: torch.Tensor,
+                         n_items: int) -> torch.Tensor:
+    """(photos, n_items) cosine of each photo to each item's best catalogue view (rows
+    L2-normalised beforehand); -inf for items without views."""
+    similarity = photos @ views.T
+    scores = torch.full((len(photos), n_items), float("-inf"), device=similarity.device)
+    return scores.scatter_reduce_(1, view_item.expand(len(photos), -1), similarity, "amax")
+
+
 class VisualKNN(SequentialRecommender):
     input_type = InputType.POINTWISE
 
@@ -42,9 +51,7 @@ class VisualKNN(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         query = interaction[self.query_field]
-        similarity = self.photos[query] @ self.views.T
-        scores = torch.full((len(query), self.n_items), float("-inf"), device=similarity.device)
-        scores.scatter_reduce_(1, self.view_item.expand(len(query), -1), similarity, "amax")
+        scores = best_view_similarity(self.photos[query], self.views, self.view_item, self.n_items)
         scores[query == 0] = 0.0  # no photo: no preference
         return scores
 

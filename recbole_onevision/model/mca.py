@@ -1,0 +1,138 @@
+"""MCA: the multi-stage cascade OneVision replaces, as one RecBole model.
+
+1. **Recall**: the ``recall_size`` items whose best catalogue view is closest (cosine) to the
+   query photo, by exact search (:func:`~recbole_onevision.model.visual_knn.best_view_similarity`).
+2. **Rank**: a personalised ranker scores each recalled item from the query photo, the user
+   (history items and profile tokens), the item (id, attribute tokens, its views' mean
+   embedding) and the recall similarity, as a correction on top of the scaled similarity (so an
+   untrained ranker keeps the recall order); trained with RecBole's trainer by cross-entropy over
+   each training row's recalled set (the engaged item swapped in where recall missed it, so
+   every row teaches the ranker).
+
+``full_sort_predict`` returns the ranker's scores on the recalled items and -inf elsewhere, so
+RecBole's evaluator treats it like any model. ``stage_seconds`` accumulates the time spent in
+each stage at inference (read by benchmarks).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import FeatureType, InputType
+from torch import nn
+
+from recbole_onevision.model.visual_knn import best_view_similarity
+
+
+class MCA(SequentialRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        photos, views = getattr(dataset, "query_embedding", None), getattr(dataset, "view_embedding", None)
+        if photos is None or views is None:
+            raise ValueError("MCA needs query photos and catalogue views (<name>.query and <name>.view "
+                             "with their .npy) and `dataset_class: MultiViewSequentialDataset`")
+        self.recall_size = int(config["recall_size"])
+        if not 1 <= self.recall_size < self.n_items:
+            raise ValueError(f"config recall_size: expected 1..{self.n_items - 1} (items), got {self.recall_size}")
+        largest_k = max(config["topk"]) if config["topk"] else 0
+        if self.recall_size < largest_k:
+            raise ValueError(f"config recall_size: expected at least the largest topk ({largest_k}), "
+                             f"got {self.recall_size}")
+        self.query_field = config["QUERY_ID_FIELD"] or "query_id"
+        self.register_buffer("photos", F.normalize(photos.float(), dim=1), persistent=False)
+        self.register_buffer("views", F.normalize(views.float(), dim=1), persistent=False)
+        self.register_buffer("view_item", dataset.view_item.clone(), persistent=False)
+        mean_view = torch.zeros(self.n_items, views.shape[1]).index_add_(0, dataset.view_item, self.views)
+        self.register_buffer("item_visual", F.normalize(mean_view, dim=1), persistent=False)
+
+        d = config["embedding_size"]
+        self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
+        self.item_fields = self._item_token_fields(dataset)
+        self.field_embedding = nn.ModuleList(nn.Embedding(dataset.num(f), d, padding_idx=0) for f in self.item_fields)
+        for field in self.item_fields:
+            self.register_buffer(f"item_{field}", dataset.item_feat[field].view(self.n_items, -1).clone(),
+                                 persistent=False)
+        user_feat = dataset.user_feat
+        self.profile_fields = [] if user_feat is None else [
+            f for f in user_feat.columns if f != dataset.uid_field and dataset.field2type[f] == FeatureType.TOKEN]
+        self.profile_embedding = nn.ModuleList(nn.Embedding(dataset.num(f), d, padding_idx=0)
+                                               for f in self.profile_fields)
+        self.visual = nn.Linear(views.shape[1], d)
+        hidden = config["ranker_hidden"]
+        self.ranker = nn.Sequential(nn.Linear(6 * d + 1, hidden), nn.ReLU(), nn.Dropout(config["dropout"]),
+                                    nn.Linear(hidden, 1))
+        # score = similarity_scale x recall similarity + MLP: at initialisation (MLP ~ 0) the
+        # ranker keeps the recall order, and it learns what to change from there
+        self.similarity_scale = nn.Parameter(torch.tensor(1 / 0.07))
+        self.stage_seconds = {"recall": 0.0, "rank": 0.0}
+
+    @staticmethod
+    def _item_token_fields(dataset) -> list[str]:
+        if dataset.item_feat is None:
+            return []
+        return [f for f in dataset.item_feat.columns if f != dataset.iid_field
+                and dataset.field2type[f] in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ)]
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """(..., d) learned item id + attribute tokens (token sequences averaged)."""
+        out = self.item_embedding(items)
+        for field, embedding in zip(self.item_fields, self.field_embedding):
+            tokens = getattr(self, f"item_{field}")[items]
+            present = (tokens > 0).sum(-1, keepdim=True).clamp_min(1)
+            out = out + embedding(tokens).sum(-2) / present
+        return out
+
+    def recall(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, recall_size) recalled items and their visual similarity, best first."""
+        query = interaction[self.query_field]
+        scores = best_view_similarity(self.photos[query], self.views, self.view_item, self.n_items)
+        scores[:, 0] = float("-inf")
+        scores[query == 0] = torch.where(torch.isfinite(scores[query == 0]), 0.0, float("-inf"))
+        similarity, items = scores.topk(self.recall_size, dim=1)
+        return items, similarity
+
+    def rank(self, interaction, items: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+        """(rows, candidates) ranker scores."""
+        seq = interaction[self.ITEM_SEQ]
+        history = self.item_vectors(seq).sum(1) / (seq > 0).sum(1, keepdim=True).clamp_min(1)
+        user = history
+        for field, embedding in zip(self.profile_fields, self.profile_embedding):
+            user = user + embedding(interaction[field])
+        query = self.visual(self.photos[interaction[self.query_field]])
+        item = self.item_vectors(items) + self.visual(self.item_visual[items])
+        rows, candidates = items.shape
+        expand = lambda x: x.unsqueeze(1).expand(rows, candidates, -1)  # noqa: E731
+        user, query = expand(user), expand(query)
+        similarity = similarity.clamp_min(-1)  # -inf for candidates without views
+        features = torch.cat([user, query, item, user * item, query * item, expand(history) * item,
+                              similarity.unsqueeze(2)], 2)
+        return self.similarity_scale * similarity + self.ranker(features).squeeze(2)
+
+    def calculate_loss(self, interaction):
+        target = interaction[self.POS_ITEM_ID]
+        with torch.no_grad():
+            items, similarity = self.recall(interaction)
+            missed = ~(items == target.unsqueeze(1)).any(1)
+            items[missed, -1] = target[missed]  # the engaged item is always a candidate
+            similarity[missed, -1] = best_view_similarity(
+                self.photos[interaction[self.query_field][missed]], self.views, self.view_item,
+                self.n_items).gather(1, target[missed].unsqueeze(1)).squeeze(1)
+        logits = self.rank(interaction, items, similarity)
+        return F.cross_entropy(logits, (items == target.unsqueeze(1)).float().argmax(1))
+
+    def full_sort_predict(self, interaction):
+        start = time.perf_counter()
+        items, similarity = self.recall(interaction)
+        recalled = time.perf_counter()
+        scores = self.rank(interaction, items, similarity)
+        self.stage_seconds["recall"] += recalled - start
+        self.stage_seconds["rank"] += time.perf_counter() - recalled
+        out = torch.full((len(items), self.n_items), float("-inf"), device=items.device)
+        return out.scatter_(1, items, scores)
+
+    def predict(self, interaction):
+        return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
