@@ -42,3 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
         return run(args.model, args.dataset, files, cmd_args=overrides, checkpoint=args.checkpoint)
     except (ValueError, KeyError, FileNotFoundError) as err:  # bad input: no traceback
         parser.exit(2, f"run.py: error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from logging import getLogger
+
+import numpy as np
+import torch
 
 from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
@@ -46,6 +50,30 @@ def result_table(rows: dict[str, dict[str, float]]) -> str:
     for split, values in rows.items():
         lines.append(f"| {split} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def single_query_latency(model, test_data, queries: int) -> dict | None:
+    """p50/p95 milliseconds of ``full_sort_predict`` on one test row at a time (the first
+    ``queries`` rows, after 5 warm-up calls); None when ``queries`` is 0."""
+    if queries <= 0:
+        return None
+    model.eval()
+    rows = []
+    for batch in test_data:
+        interaction = batch[0].to(model.device)
+        rows += [interaction[i:i + 1] for i in range(len(interaction))]
+        if len(rows) >= queries + 5:
+            break
+    times = []
+    for n, row in enumerate(rows[:queries + 5]):
+        start = time.perf_counter()
+        model.full_sort_predict(row)
+        if n >= 5:
+            times.append(1e3 * (time.perf_counter() - start))
+    if not times:
+        return None
+    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95)), "queries": len(times)}
 
 
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None,
@@ -92,6 +120,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         test_result = trainer.evaluate(
             test_data, load_best_model=saved, show_progress=config["show_progress"]
         )
+    latency = single_query_latency(trainer.model, test_data, int(config["latency_queries"] or 0))
     logger.info("The running environment of this training is as follows:\n"
                 + get_environment(config).draw())
 
@@ -107,6 +136,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
                                             "MAX_ITEM_LIST_LENGTH", "loss_type", "eval_args")},
         "checkpoint": trainer.saved_model_file if saved or checkpoint else None,
         "evaluated_only": bool(checkpoint),
+        "latency_ms": latency,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,  # KiB on Linux
     }
     results_file = os.path.join(
         config["checkpoint_dir"], f"{config['model']}-{config['dataset']}-{int(start)}.json")

@@ -1,0 +1,204 @@
+"""One command for the whole comparison: models x datasets x seeds, one table and one plot.
+
+    python -m recbole_onevision.benchmark --models OneVision,MCA,VisualKNN,SASRec,Pop \\
+        --datasets mvshop-mini [--seeds 2020,2021,2022] [--out results/benchmark] [--quick] [--key=value ...]
+
+Every cell (dataset, model, seed) is one ``run.py`` child process (so its peak memory is its
+own) that trains, tests and times ``latency_queries`` single-query predictions; its result JSON
+is kept under ``<out>/cells/<dataset>/<model>/seed<seed>/result.json``. A cell whose JSON
+exists is not run again, so an interrupted grid resumes where it stopped. The report
+(``<out>/benchmark.md``) holds per dataset and model the test metrics (mean ± std over seeds),
+training time, latency p50/p95, peak memory, and, with two or more seeds, whether each model's
+difference to the best one is significant (Welch's t-test, p < 0.05); ``<out>/benchmark.png``
+plots quality against latency. ``--quick`` is a smoke run: one epoch per stage, a short VRQ
+fit, few timed queries. ``--key=value`` overrides go to every run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from recbole_onevision.io import atomic_write_text
+
+QUICK = ["--epochs=1", "--stage_epochs={'pretrain': 1, 'sft': 1, 'dpo': 1}", "--vrq_align_steps=50"]
+METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+QUALITY = "ndcg@10"  # the plot's y axis and the significance tests' metric
+
+
+def cell_dir(out: str, dataset: str, model: str, seed: int) -> str:
+    return os.path.join(out, "cells", dataset, model, f"seed{seed}")
+
+
+def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str], log) -> dict:
+    """Run one cell in a child process unless its result exists; return the result."""
+    folder = cell_dir(out, dataset, model, seed)
+    result_file = os.path.join(folder, "result.json")
+    if os.path.isfile(result_file):
+        log(f"{dataset} / {model} / seed {seed}: done before, reusing {result_file}")
+        with open(result_file) as f:
+            return json.load(f)
+    os.makedirs(folder, exist_ok=True)
+    command = [sys.executable, "-m", "recbole_onevision.cli", f"--model={model}", f"--dataset={dataset}",
+               f"--seed={seed}", f"--checkpoint_dir={folder}", "--show_progress=False", *overrides]
+    log(f"{dataset} / {model} / seed {seed}: running ({' '.join(command[3:])})")
+    start = time.time()
+    with open(os.path.join(folder, "run.log"), "w") as child_log:
+        child = subprocess.run(command, stdout=child_log, stderr=subprocess.STDOUT)
+    if child.returncode:
+        raise RuntimeError(f"{dataset} / {model} / seed {seed} failed (exit {child.returncode}); "
+                           f"see {os.path.join(folder, 'run.log')}")
+    written = sorted((f for f in os.listdir(folder) if f.endswith(".json") and f != "result.json"),
+                     key=lambda f: os.path.getmtime(os.path.join(folder, f)))
+    if not written:
+        raise RuntimeError(f"{dataset} / {model} / seed {seed}: the run wrote no result JSON in {folder}")
+    with open(os.path.join(folder, written[-1])) as f:
+        result = json.load(f)
+    result["wall_seconds"] = time.time() - start
+    atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
+    log(f"{dataset} / {model} / seed {seed}: test {QUALITY} {result['test_result'][QUALITY]:.4f} "
+        f"in {result['wall_seconds']:.0f}s")
+    return result
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 2 or len(b) < 2:
+        return None
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 0.0 if np.mean(a) != np.mean(b) else 1.0
+    with warnings.catch_warnings():  # near-identical seeds (a model that learns nothing) warn
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def summarise(results: dict[tuple[str, str], list[dict]]) -> dict[tuple[str, str], dict]:
+    rows = {}
+    for key, runs in results.items():
+        tests = [r["test_result"] for r in runs]
+        latency = [r["latency_ms"] for r in runs if r.get("latency_ms")]
+        rows[key] = {
+            "seeds": len(runs),
+            **{m: [t[m] for t in tests] for m in METRICS},
+            "train_min": float(np.mean([r["train_seconds"] for r in runs])) / 60,
+            "p50": float(np.mean([lat["p50"] for lat in latency])) if latency else float("nan"),
+            "p95": float(np.mean([lat["p95"] for lat in latency])) if latency else float("nan"),
+            "peak_gb": float(max(r.get("peak_rss_gb", float("nan")) for r in runs)),
+        }
+    return rows
+
+
+def markdown(rows: dict, header: str) -> str:
+    lines = [header, "", "| dataset | model | seeds | " + " | ".join(METRICS)
+             + " | train (min) | latency p50 / p95 (ms) | peak memory (GB) | vs best |",
+             "|---" * (len(METRICS) + 7) + "|"]
+    for dataset in dict.fromkeys(d for d, _ in rows):
+        models = [(m, r) for (d, m), r in rows.items() if d == dataset]
+        best_model, best = max(models, key=lambda mr: np.mean(mr[1][QUALITY]))
+        for model, r in models:
+            cells = [f"{np.mean(r[m]):.4f}" + (f" ± {np.std(r[m], ddof=1):.4f}" if r["seeds"] > 1 else "")
+                     for m in METRICS]
+            p = welch_p(r[QUALITY], best[QUALITY]) if model != best_model else None
+            verdict = "best" if model == best_model else (
+                "single seed" if p is None else f"{'significant' if p < 0.05 else 'not significant'} (p={p:.3f})")
+            lines.append(f"| {dataset} | {model} | {r['seeds']} | " + " | ".join(cells)
+                         + f" | {r['train_min']:.1f} | {r['p50']:.1f} / {r['p95']:.1f} | {r['peak_gb']:.2f} | {verdict} |")
+    lines += ["", f"vs best: Welch's t-test on test {QUALITY} against the dataset's best model (needs 2+ seeds)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict, path: str) -> bool:
+    """Quality against latency, one marker per (dataset, model); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (dataset, model), r in rows.items():
+        ax.errorbar(r["p50"], np.mean(r[QUALITY]), yerr=np.std(r[QUALITY]) if r["seeds"] > 1 else None,
+                    fmt="o", capsize=3)
+        ax.annotate(f"{model} ({dataset})", (r["p50"], np.mean(r[QUALITY])), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("single-query latency p50 (ms, log scale)")
+    ax.set_ylabel(f"test {QUALITY}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m recbole_onevision.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="OneVision,MCA,VisualKNN,SASRec,Pop")
+    parser.add_argument("--datasets", default="mvshop-mini")
+    parser.add_argument("--seeds", default="2020", help="comma-separated; 2+ give mean ± std and t-tests")
+    parser.add_argument("--out", default=os.path.join("results", "benchmark"))
+    parser.add_argument("--quick", action="store_true", help="smoke run: one epoch per stage, short VRQ fit")
+    parser.add_argument("--latency_queries", type=int, default=None,
+                        help="single queries timed per cell (default 200; 20 with --quick)")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [a for a in overrides if not (a.startswith("--") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognised arguments {bad}: overrides must look like --key=value")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if not (models and datasets and seeds):
+        parser.error("--models, --datasets and --seeds each need at least one value")
+    latency = args.latency_queries if args.latency_queries is not None else (20 if args.quick else 200)
+    overrides = [f"--latency_queries={latency}"] + (QUICK if args.quick else []) + overrides
+
+    def log(message):
+        print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    total, results = len(models) * len(datasets) * len(seeds), {}
+    n = 0
+    for dataset in datasets:
+        for model in models:
+            for seed in seeds:
+                n += 1
+                log(f"cell {n}/{total}")
+                results.setdefault((dataset, model), []).append(
+                    run_cell(args.out, dataset, model, seed, overrides, log))
+    rows = summarise(results)
+    import torch
+
+    header = (f"# Benchmark\n\n`python -m recbole_onevision.benchmark {' '.join(argv if argv is not None else sys.argv[1:])}`"
+              f"\n\n{datetime.date.today()}; {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), "
+              f"Python {platform.python_version()}, torch {torch.__version__}, RecBole "
+              f"{__import__('recbole').__version__}, NumPy {np.__version__}; seeds {', '.join(map(str, seeds))}"
+              + ("; --quick (smoke run, not a result)" if args.quick else ""))
+    report = markdown(rows, header)
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_text(os.path.join(args.out, "benchmark.md"), report)
+    plotted = plot(rows, os.path.join(args.out, "benchmark.png"))
+    print("\n" + report)
+    log(f"wrote {os.path.join(args.out, 'benchmark.md')}" + (
+        f" and {os.path.join(args.out, 'benchmark.png')}" if plotted else
+        " (no plot: matplotlib is not installed; pip install -e '.[bench]')"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The one-command benchmark: a quick grid runs, writes its table and plot, and resumes."""
+import os
+import shutil
+
+from recbole_onevision.benchmark import main, welch_p
+from recbole_onevision.data import mvshop
+from recbole_onevision.registry import dataset_properties_file
+
+TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=8, branching=(3, 2, 2), n_brands=12)
+
+
+def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
+    mvshop.generate("mini", str(tmp_path), spec=TINY)
+    os.rename(tmp_path / "mvshop-mini", tmp_path / "tinyshop")  # run() regenerates folders named mvshop-*
+    for f in (tmp_path / "tinyshop").iterdir():
+        f.rename(f.with_name(f.name.replace("mvshop-mini", "tinyshop")))
+    out = tmp_path / "out"
+    argv = ["--quick", "--models", "VisualKNN,MCA", "--datasets", "tinyshop", "--seeds", "1,2", "--out", str(out),
+            f"--data_path={tmp_path}", f"--config_files={dataset_properties_file('mvshop-mini')}", "--state=WARNING"]
+    rows = main(argv)
+    assert set(rows) == {("tinyshop", "VisualKNN"), ("tinyshop", "MCA")}
+    assert all(r["seeds"] == 2 and r["p50"] > 0 and r["peak_gb"] > 0 for r in rows.values())
+    report = (out / "benchmark.md").read_text()
+    assert "| tinyshop | VisualKNN | 2 |" in report and "| tinyshop | MCA | 2 |" in report and "±" in report
+    assert (out / "benchmark.png").stat().st_size > 1000
+    # VisualKNN learns nothing: the same ranking whatever the seed
+    assert rows[("tinyshop", "VisualKNN")]["ndcg@10"][0] == rows[("tinyshop", "VisualKNN")]["ndcg@10"][1]
+    # a second call finds every cell done and runs nothing
+    logs = sorted((out / "cells").rglob("run.log"))
+    stamps = [p.stat().st_mtime for p in logs]
+    capsys.readouterr()
+    main(argv)
+    assert capsys.readouterr().out.count("done before, reusing") == 4
+    assert [p.stat().st_mtime for p in logs] == stamps
+
+
+def test_welch_p_separates_clear_differences_only():
+    assert welch_p([0.5, 0.51, 0.49], [0.30, 0.31, 0.29]) < 0.01
+    assert welch_p([0.5, 0.52, 0.48], [0.51, 0.49, 0.50]) > 0.5
+    assert welch_p([0.5], [0.4]) is None  # one seed: no test
