@@ -172,13 +172,3 @@ def unique_checkpoint_path(directory: str, model: str, dataset: str) -> str:
 
 
 _TAKEN: set[str] = set()  # names handed out in this process, saved to or not
-
-
-def with_safe_checkpoints(trainer_class):
-    """Return ``trainer_class`` with :class:`SafeCheckpointMixin` mixed in (idempotent)."""
-    from recbole.trainer import Trainer
-
-    if not issubclass(trainer_class, Trainer) or issubclass(trainer_class, SafeCheckpointMixin):
-        return trainer_class
-    return type(trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {
-        "__module__": __name__, "__doc__": trainer_class.__doc__})

@@ -9,11 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from recbole_onevision.compat import (
-    RECBOLE_MODEL_PACKAGES,
-    import_recbole_model_module,
-    with_safe_checkpoints,
-)
+from recbole_onevision.compat import RECBOLE_MODEL_PACKAGES, SafeCheckpointMixin, import_recbole_model_module
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 
@@ -100,18 +96,27 @@ def get_trainer(model_type, model_name: str) -> type:
     Every trainer comes back with safe, atomic checkpoints (see :mod:`compat`) and evaluates
     with the multi-view metrics' collector (see :mod:`recbole_onevision.metrics`).
     """
-    from recbole_onevision.metrics import MultiViewEvaluationMixin
     import recbole_onevision.trainer as plugin_trainers
     from recbole.utils import get_trainer as recbole_get_trainer
 
     trainer = getattr(plugin_trainers, f"{model_name}Trainer", None)
     if trainer is None:
         trainer = recbole_get_trainer(model_type, model_name)
-    trainer = with_safe_checkpoints(trainer)
-    if issubclass(trainer, MultiViewEvaluationMixin):
-        return trainer
-    return type(trainer.__name__, (MultiViewEvaluationMixin, trainer), {
-        "__module__": trainer.__module__, "__doc__": trainer.__doc__})
+    return with_plugin_mixins(trainer)
+
+
+def with_plugin_mixins(trainer_class: type) -> type:
+    """``trainer_class`` with the multi-view evaluation and safe-checkpoint mixins, in one
+    subclass (idempotent; classes that are not RecBole ``Trainer``s come back unchanged)."""
+    from recbole.trainer import Trainer
+
+    from recbole_onevision.metrics import MultiViewEvaluationMixin
+
+    if not issubclass(trainer_class, Trainer) or issubclass(trainer_class, MultiViewEvaluationMixin):
+        return trainer_class
+    mixins = (MultiViewEvaluationMixin,) + (() if issubclass(trainer_class, SafeCheckpointMixin) else (SafeCheckpointMixin,))
+    return type(trainer_class.__name__, mixins + (trainer_class,), {
+        "__module__": __name__, "__doc__": trainer_class.__doc__})
 
 
 def create_dataset(config):

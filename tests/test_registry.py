@@ -53,7 +53,15 @@ def plugin_model(tmp_path):
 
 def test_resolves_recbole_model():
     assert registry.get_model("SASRec") is SASRec
-    assert registry.get_trainer(ModelType.SEQUENTIAL, "SASRec").__mro__[1] is SafeCheckpointMixin
+    from recbole.trainer import Trainer
+
+    from recbole_onevision.metrics import MultiViewCollector, MultiViewEvaluationMixin
+
+    trainer = registry.get_trainer(ModelType.SEQUENTIAL, "SASRec")
+    assert trainer.__mro__[1:4] == (MultiViewEvaluationMixin, SafeCheckpointMixin, Trainer)  # one subclass
+    assert registry.get_trainer(ModelType.SEQUENTIAL, "OneVision").__mro__[1:3] == (
+        MultiViewEvaluationMixin, SafeCheckpointMixin)
+    assert issubclass(MultiViewCollector, __import__("recbole").evaluator.Collector)
 
 
 def test_resolves_plugin_model_and_its_defaults(plugin_model):
