@@ -5,8 +5,9 @@
 
 Every cell (dataset, model, seed) is one ``run.py`` child process (so its peak memory is its
 own) that trains, tests and times ``latency_queries`` single-query predictions; its result JSON
-is kept under ``<out>/cells/<dataset>/<model>/seed<seed>/result.json``. A cell whose JSON
-exists is not run again, so an interrupted grid resumes where it stopped. The report
+is kept under ``<out>/cells/<dataset>/<model>/seed<seed>-<hash of the overrides>/result.json``.
+A cell whose JSON exists is not run again, so an interrupted grid resumes where it stopped
+(with other overrides, the cells are new). The report
 (``<out>/benchmark.md``) holds per dataset and model the test metrics (mean ± std over seeds),
 training time, latency p50/p95, peak memory, and, with two or more seeds, whether each model's
 difference to the best one is significant (Welch's t-test, p < 0.05); ``<out>/benchmark.png``
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -33,13 +35,16 @@ METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 QUALITY = "ndcg@10"  # the plot's y axis and the significance tests' metric
 
 
-def cell_dir(out: str, dataset: str, model: str, seed: int) -> str:
-    return os.path.join(out, "cells", dataset, model, f"seed{seed}")
+def cell_dir(out: str, dataset: str, model: str, seed: int, overrides: list[str]) -> str:
+    """The cell's folder; named by the overrides too, so a grid rerun with other settings
+    never reuses results made with different ones."""
+    settings = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
+    return os.path.join(out, "cells", dataset, model, f"seed{seed}-{settings}")
 
 
 def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str], log) -> dict:
     """Run one cell in a child process unless its result exists; return the result."""
-    folder = cell_dir(out, dataset, model, seed)
+    folder = cell_dir(out, dataset, model, seed, overrides)
     result_file = os.path.join(folder, "result.json")
     if os.path.isfile(result_file):
         log(f"{dataset} / {model} / seed {seed}: done before, reusing {result_file}")
