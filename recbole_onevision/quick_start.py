@@ -52,6 +52,19 @@ def result_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory. Linux's ``VmHWM`` first: ``ru_maxrss`` survives
+    exec, so a child started by a large parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
 @torch.no_grad()
 def single_query_latency(model, test_data, queries: int) -> dict | None:
     """p50/p95 milliseconds of ``full_sort_predict`` on one test row at a time (the first
@@ -137,7 +150,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "checkpoint": trainer.saved_model_file if saved or checkpoint else None,
         "evaluated_only": bool(checkpoint),
         "latency_ms": latency,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,  # KiB on Linux
+        "peak_rss_gb": peak_rss_gb(),
     }
     results_file = os.path.join(
         config["checkpoint_dir"], f"{config['model']}-{config['dataset']}-{int(start)}.json")
