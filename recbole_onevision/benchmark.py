@@ -117,7 +117,7 @@ def markdown(rows: dict, header: str) -> str:
             verdict = "best" if model == best_model else (
                 "single seed" if p is None else f"{'significant' if p < 0.05 else 'not significant'} (p={p:.3f})")
             lines.append(f"| {dataset} | {model} | {r['seeds']} | " + " | ".join(cells)
-                         + f" | {r['train_min']:.1f} | {r['p50']:.1f} / {r['p95']:.1f} | {r['peak_gb']:.2f} | {verdict} |")
+                         + f" | {r['train_min']:.1f} | {r['p50']:.2f} / {r['p95']:.2f} | {r['peak_gb']:.2f} | {verdict} |")
     lines += ["", f"vs best: Welch's t-test on test {QUALITY} against the dataset's best model (needs 2+ seeds)."]
     return "\n".join(lines) + "\n"
 
