@@ -109,7 +109,7 @@ def test_taste_helps_only_together_with_the_query(mini):
 def test_run_py_default_generates_mvshop_mini_and_trains(tmp_path):
     from recbole_onevision.cli import main as run_main
 
-    result = run_main(["--stage_epochs={'pretrain': 1, 'sft': 1, 'dpo': 1}", "--vrq_align_steps=50",
+    result = run_main(["--stages=[sft]", "--stage_epochs={'sft': 1}", "--vrq_align_steps=50",  # one stage: kept short
                        f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path / 'saved'}",
                        "--show_progress=False", "--state=WARNING"])
     assert result["dataset"] == "mvshop-mini" and result["model"] == "OneVision"
