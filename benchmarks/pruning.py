@@ -21,7 +21,6 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed
@@ -30,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_onevision.compat import load_checkpoint  # noqa: E402
 from recbole_onevision.config import Config  # noqa: E402
+from recbole_onevision.quick_start import single_query_latency  # noqa: E402
 from recbole_onevision.registry import create_dataset, get_trainer  # noqa: E402
 
 
@@ -44,24 +44,6 @@ def decode_cost(model, test_data) -> dict:
         stats = model.decode_stats
         tokens, beams, rows = tokens + stats["memory_tokens"], beams + stats["beams_expanded"], rows + stats["rows"]
     return {"mflops": flops / rows / 1e6, "tokens": tokens / rows, "beams": beams / rows}
-
-
-def single_query_latency(model, test_data, queries: int) -> dict:
-    rows = []
-    for batch in test_data:
-        interaction = batch[0].to(model.device)
-        rows += [interaction[i:i + 1] for i in range(len(interaction))]
-        if len(rows) >= queries + 10:
-            break
-    for row in rows[:10]:  # warm-up
-        model.full_sort_predict(row)
-    times = []
-    for row in rows[10:queries + 10]:
-        start = time.perf_counter()
-        model.full_sort_predict(row)
-        times.append(time.perf_counter() - start)
-    return {"p50_ms": 1e3 * float(np.percentile(times, 50)), "p95_ms": 1e3 * float(np.percentile(times, 95)),
-            "queries": len(times)}
 
 
 def main(argv=None) -> None:
@@ -95,9 +77,9 @@ def main(argv=None) -> None:
                 start = time.perf_counter()
                 trainer.evaluate(test_data, load_best_model=False, show_progress=False)
                 row["seconds"] = min(row["seconds"], time.perf_counter() - start)
-                latency = single_query_latency(model, test_data, args.latency_queries)
-                if "p50_ms" not in row or latency["p50_ms"] < row["p50_ms"]:
-                    row.update(latency)
+                latency = single_query_latency(model, test_data, args.latency_queries, warmup=10)
+                if "p50_ms" not in row or latency["p50"] < row["p50_ms"]:
+                    row.update(p50_ms=latency["p50"], p95_ms=latency["p95"], queries=latency["queries"])
     for row in rows:
         row["throughput"] = len(test_data.dataset.inter_feat) / row["seconds"]
 

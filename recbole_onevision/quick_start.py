@@ -66,9 +66,9 @@ def peak_rss_gb() -> float:
 
 
 @torch.no_grad()
-def single_query_latency(model, test_data, queries: int) -> dict | None:
+def single_query_latency(model, test_data, queries: int, warmup: int = 5) -> dict | None:
     """p50/p95 milliseconds of ``full_sort_predict`` on one test row at a time (the first
-    ``queries`` rows, after 5 warm-up calls); None when ``queries`` is 0."""
+    ``queries`` rows, after ``warmup`` calls); None when ``queries`` is 0."""
     if queries <= 0:
         return None
     model.eval()
@@ -76,13 +76,13 @@ def single_query_latency(model, test_data, queries: int) -> dict | None:
     for batch in test_data:
         interaction = batch[0].to(model.device)
         rows += [interaction[i:i + 1] for i in range(len(interaction))]
-        if len(rows) >= queries + 5:
+        if len(rows) >= queries + warmup:
             break
     times = []
-    for n, row in enumerate(rows[:queries + 5]):
+    for n, row in enumerate(rows[:queries + warmup]):
         start = time.perf_counter()
         model.full_sort_predict(row)
-        if n >= 5:
+        if n >= warmup:
             times.append(1e3 * (time.perf_counter() - start))
     if not times:
         return None

@@ -23,7 +23,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureType, InputType
 from torch import nn
 
-from recbole_onevision.model.visual_knn import best_view_similarity
+from recbole_onevision.model.visual_knn import best_view_similarity, photos_and_views
 
 
 class MCA(SequentialRecommender):
@@ -31,10 +31,7 @@ class MCA(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        photos, views = getattr(dataset, "query_embedding", None), getattr(dataset, "view_embedding", None)
-        if photos is None or views is None:
-            raise ValueError("MCA needs query photos and catalogue views (<name>.query and <name>.view "
-                             "with their .npy) and `dataset_class: MultiViewSequentialDataset`")
+        photos, views = photos_and_views(dataset, "MCA")
         self.recall_size = int(config["recall_size"])
         if not 1 <= self.recall_size < self.n_items:
             raise ValueError(f"config recall_size: expected 1..{self.n_items - 1} (items), got {self.recall_size}")

@@ -23,15 +23,21 @@ def best_view_similarity(photos: torch.Tensor, views: torch.Tensor, view_item: t
     return scores.scatter_reduce_(1, view_item.expand(len(photos), -1), similarity, "amax")
 
 
+def photos_and_views(dataset, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dataset's query photos and catalogue views, or an error naming ``model`` and the files."""
+    photos, views = getattr(dataset, "query_embedding", None), getattr(dataset, "view_embedding", None)
+    if photos is None or views is None:
+        raise ValueError(f"{model} needs query photos and catalogue views (<name>.query and <name>.view "
+                         "with their .npy) and `dataset_class: MultiViewSequentialDataset`")
+    return photos, views
+
+
 class VisualKNN(SequentialRecommender):
     input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        photos, views = getattr(dataset, "query_embedding", None), getattr(dataset, "view_embedding", None)
-        if photos is None or views is None:
-            raise ValueError("VisualKNN needs query photos and catalogue views (<name>.query and <name>.view "
-                             "with their .npy) and `dataset_class: MultiViewSequentialDataset`")
+        photos, views = photos_and_views(dataset, "VisualKNN")
         mode = config["visual_features"]
         if mode not in ("raw", "aligned"):
             raise ValueError(f"config visual_features: expected 'raw' or 'aligned', got {mode!r}")
