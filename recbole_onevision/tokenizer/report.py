@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recbole_onevision.model.visual_knn import best_view_similarity
 from recbole_onevision.tokenizer.inputs import TokenizerInputs
 from recbole_onevision.tokenizer.quantize import collision_stats, reconstruct
 
@@ -76,9 +77,7 @@ def sid_report(tokenizer, inputs: TokenizerInputs, max_queries: int | None = 200
     raw_photos = F.normalize(photos, dim=1)
 
     def best_view(q_rows, views, rows):
-        sim = q_rows[rows] @ views.T
-        out = torch.full((len(rows), n), float("-inf"))
-        return out.scatter_reduce_(1, view_item.expand(len(rows), -1), sim, "amax")
+        return best_view_similarity(q_rows[rows], views, view_item, n)
 
     chunk = max(1, min(64, 2 ** 24 // max(len(view_item), n)))  # bounds a (chunk, views) block
     report["recall_raw_nn"] = _recall(_ranks(lambda r: best_view(raw_photos, raw_views, r), targets, chunk))
