@@ -251,3 +251,35 @@ def test_empty_history_rows_make_one_off_sessions_trainable(tiny_root, tmp_path)
     loss = model.calculate_loss(full_splits[0]._dataset.join(train[torch.nonzero(empty).squeeze(1)]))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_visual_bias_follows_the_photos_nearest_catalogue_views(tiny_root, tmp_path):
+    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path)
+    model.eval()
+    batch = next(iter(test))[0]
+    photos = model.photo_unit[batch["query_id"]]
+    similarity = model.node_similarity(photos)
+    # each node's similarity is the best cosine between the photo and any view of an item under it
+    cosine = photos @ model.view_unit.T
+    for level in range(model.levels):
+        nodes = model.trie.item_nodes(level)
+        for node in torch.unique(nodes[1:])[:20].tolist():
+            items = torch.nonzero(nodes == node).squeeze(1)
+            views = torch.isin(model.view_item, items[items > 0])
+            assert torch.allclose(similarity[level][:, node], cosine[:, views].max(1).values, atol=1e-6)
+    # a catalogue view may not be its own neighbour
+    view = torch.tensor([0])
+    own = model.node_similarity(model.view_unit[view], exclude_views=view)[-1][0, model.view_item[0]]
+    others = model.view_unit[0] @ model.view_unit[(model.view_item == model.view_item[0]) & (torch.arange(len(model.view_item)) > 0)].T
+    assert torch.isclose(own, others.max())
+    # with the bias dominating an untrained decoder, the best beam is the visual nearest neighbour
+    with torch.no_grad():
+        model.visual_bias_log_scale.fill_(float(np.log(1e4)))
+    items, _ = model.generate(batch)
+    has_photo = batch["query_id"] > 0
+    assert torch.equal(items[has_photo, 0], similarity[-1][has_photo].argmax(1))
+    # off: no bias parameters, and decoding still works
+    _, _, plain, _ = prepare(tiny_root, tmp_path, visual_bias=False)
+    assert not hasattr(plain, "visual_bias_log_scale") and plain.photo_similarity(batch) is None
+    with pytest.raises(ValueError, match="visual_bias_scale: expected a value > 0"):
+        prepare(tiny_root, tmp_path, visual_bias_scale=0.0)

@@ -13,7 +13,9 @@ Any of these may be absent (an anonymous query, no photo as on Beauty, no profil
 emits the target item's SID code by code; beam search is constrained by a prefix trie to SIDs
 that exist (:class:`~recbole_onevision.model.trie.SIDTrie`), and ``full_sort_predict`` turns
 the beams into a RecBole score row (beam log-probability on the retrieved items, -inf
-elsewhere), so RecBole's evaluator and metrics apply unchanged.
+elsewhere), so RecBole's evaluator and metrics apply unchanged. With ``visual_bias`` (photos and
+catalogue views present) every code's logit also gains a learned multiple of the photo's best
+cosine to a catalogue view of an item under that code (:meth:`OneVision._init_visual_bias`).
 
 Training (``calculate_loss``): cross-entropy on every SID level of the item the user engaged
 with, orders weighted ``order_weight`` x clicks (personalised SFT), plus ``visual_prior_weight``
@@ -39,6 +41,7 @@ from recbole.utils import FeatureType, InputType
 from torch import nn
 
 from recbole_onevision.model.trie import SIDTrie
+from recbole_onevision.model.visual_knn import best_view_similarity
 
 CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder tokens
 STAGES = ("pretrain", "sft", "dpo")  # in the order the paper trains them
@@ -77,6 +80,8 @@ class OneVision(SequentialRecommender):
         self.visual_prior_weight = float(config["visual_prior_weight"])
         self._init_query(config, dataset, tokenizer)
         self._init_profile(config, dataset)
+        self.trie = SIDTrie(sid, self.sizes)
+        self._init_visual_bias(config, dataset)
         self.behaviour_field = config["BEHAVIOUR_FIELD"] or "behaviour"
         if self.behaviour_field not in dataset.field2type:
             self.behaviour_field = None
@@ -96,7 +101,6 @@ class OneVision(SequentialRecommender):
             config["decoder_layers"], norm=nn.LayerNorm(d))
         self.input_dropout = nn.Dropout(dropout)
         self.output = nn.Linear(d, n_tokens)
-        self.trie = SIDTrie(sid, self.sizes)
         self.register_buffer("code_neighbour", _code_neighbours(sid), persistent=False)
         self.dpo_beta = float(config["dpo_beta"])
         self.dpo_sft_weight = float(config["dpo_sft_weight"] or 0.0)
@@ -135,15 +139,65 @@ class OneVision(SequentialRecommender):
         self.register_buffer("query_product", dataset.query_product.clone(), persistent=False)
         # catalogue views, read like photos: the view -> SID part of the visual prior
         views = getattr(dataset, "view_embedding", None)
+        if views is not None:
+            self.register_buffer("view_item", dataset.view_item.clone(), persistent=False)
         if views is None or not self.visual_prior_weight:
             self.view_feature = None
         else:
             features, prefix = features_and_prefix(views)
             self.register_buffer("view_feature", features, persistent=False)
             self.register_buffer("view_prefix", prefix, persistent=False)
-            self.register_buffer("view_item", dataset.view_item.clone(), persistent=False)
         self.visual = nn.Sequential(nn.LayerNorm(features.shape[1]),
                                     nn.Linear(features.shape[1], self.visual_tokens * self.d_model))
+
+    def _init_visual_bias(self, config, dataset):
+        """The photo's similarity to the catalogue as a prior on the decoder's logits (fusing
+        dense and generative retrieval, as LIGER does): at each level, a code's logit gains
+        a learned per-level scale (initially ``visual_bias_scale``) x the best raw-feature cosine between the photo and a view
+        of an item under that code's prefix. The decoder then learns what to add to visual
+        similarity (personalisation, the category) instead of having to memorise every item's
+        appearance in its weights. Learned per level; on only with photos and catalogue views."""
+        views = getattr(dataset, "view_embedding", None)
+        self.visual_bias = bool(config["visual_bias"]) and self.query_feature is not None and views is not None
+        if not self.visual_bias:
+            return
+        self.register_buffer("photo_unit", F.normalize(dataset.query_embedding.float(), dim=1), persistent=False)
+        self.register_buffer("view_unit", F.normalize(views.float(), dim=1), persistent=False)
+        self.node_counts = [int(self.trie.item_nodes(level).max()) + 1 for level in range(self.levels)]
+        scale = float(config["visual_bias_scale"])
+        if not scale > 0:
+            raise ValueError(f"config visual_bias_scale: expected a value > 0, got {scale}")
+        # learned in log space: Adam's ~learning-rate-sized steps then change it by a ratio, so it
+        # can move by several times in one training run (a plain scale of 10 barely moved)
+        self.visual_bias_log_scale = nn.Parameter(torch.full((self.levels,), float(np.log(scale))))
+
+    def node_similarity(self, photos: torch.Tensor, exclude_views: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per level, (rows, nodes of that level): the best cosine between each (L2-normalised)
+        photo and a view of an item under each trie node (items without views: -1); the last
+        level's nodes are the items themselves."""
+        similarity = best_view_similarity(photos, self.view_unit, self.view_item, self.n_items,
+                                          exclude_views).clamp_min(-1.0)
+        out = []
+        for level, count in enumerate(self.node_counts[:-1]):
+            nodes = self.trie.item_nodes(level).expand(len(photos), -1)
+            out.append(torch.full((len(photos), count), -1.0, device=photos.device)
+                       .scatter_reduce_(1, nodes, similarity, "amax"))
+        return out + [similarity]
+
+    def photo_similarity(self, interaction) -> list[torch.Tensor] | None:
+        """:meth:`node_similarity` of the rows' query photos (flat for rows without a photo);
+        None when the visual bias is off."""
+        if not self.visual_bias:
+            return None
+        query = interaction[self.query_field]
+        out = self.node_similarity(self.photo_unit[query])
+        return [level.masked_fill((query == 0).unsqueeze(1), 0.0) for level in out]
+
+    def visual_logit_bias(self, level_similarity: torch.Tensor, level: int, children: torch.Tensor) -> torch.Tensor:
+        """(rows, codes) the visual bias of each code of ``level`` given the trie ``children``
+        of the rows' current prefixes (-1: no such SID, bias as for the least similar item)."""
+        prior = level_similarity.gather(1, children.clamp_min(0)).masked_fill(children < 0, -1.0)
+        return self.visual_bias_log_scale[level].exp() * prior
 
     def _init_profile(self, config, dataset):
         fields = config["profile_fields"]
@@ -251,14 +305,21 @@ class OneVision(SequentialRecommender):
         start = int(self.offsets[level])
         return self.output(states)[..., start:start + self.sizes[level]]
 
-    def sid_log_likelihood(self, memory, mask, items: torch.Tensor) -> torch.Tensor:
-        """(rows, levels) log-probabilities of each level of ``items``' SIDs (teacher forcing)."""
+    def sid_log_likelihood(self, memory, mask, items: torch.Tensor,
+                           similarity: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(rows, levels) log-probabilities of each level of ``items``' SIDs (teacher forcing);
+        ``similarity``: the rows' :meth:`node_similarity` when the visual bias is on."""
         targets = self.item_tokens[items]
         bos = torch.full((len(items), 1), self.bos_token, device=items.device)
         states = self.decode(memory, mask, torch.cat([bos, targets[:, :-1]], 1))
         out = []
+        parent = torch.zeros_like(items)
         for level in range(self.levels):
-            logp = torch.log_softmax(self.level_logits(states[:, level], level), -1)
+            logits = self.level_logits(states[:, level], level)
+            if similarity is not None:
+                logits = logits + self.visual_logit_bias(similarity[level], level, self.trie.step(level, parent))
+                parent = self.trie.item_nodes(level)[items]
+            logp = torch.log_softmax(logits, -1)
             code = targets[:, level] - self.offsets[level]
             out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
         return torch.stack(out, 1)
@@ -281,7 +342,7 @@ class OneVision(SequentialRecommender):
     def forward(self, interaction, items: torch.Tensor) -> torch.Tensor:
         """Log-probability of ``items``' SIDs given ``interaction`` (summed over levels)."""
         memory, mask = self.encode(interaction)
-        return self.sid_log_likelihood(memory, mask, items).sum(1)
+        return self.sid_log_likelihood(memory, mask, items, self.photo_similarity(interaction)).sum(1)
 
     def calculate_loss(self, interaction):
         if self.stage == "pretrain":
@@ -298,7 +359,7 @@ class OneVision(SequentialRecommender):
     def _sft_loss(self, interaction):
         target = interaction[self.POS_ITEM_ID]
         memory, mask = self.encode(interaction)
-        nll = -self.sid_log_likelihood(memory, mask, target).sum(1)
+        nll = -self.sid_log_likelihood(memory, mask, target, self.photo_similarity(interaction)).sum(1)
         weight = self._row_weights(interaction, nll)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
@@ -345,12 +406,15 @@ class OneVision(SequentialRecommender):
         product = self.query_product[interaction[self.query_field]]
         known = torch.nonzero(product > 0).squeeze(1)
         if len(known):
-            memory, mask = self.encode(interaction[known], context=False)
-            terms.append(-self.sid_log_likelihood(memory, mask, product[known]).sum(1).mean())
+            rows = interaction[known]
+            memory, mask = self.encode(rows, context=False)
+            terms.append(-self.sid_log_likelihood(memory, mask, product[known], self.photo_similarity(rows)).sum(1).mean())
         if self.view_feature is not None:
             views = torch.randint(len(self.view_item), (len(product),), device=product.device)
             memory, mask = self.encode_views(views)
-            terms.append(-self.sid_log_likelihood(memory, mask, self.view_item[views]).sum(1).mean())
+            # a view's bias comes from the *other* views: matching itself would teach blind trust
+            similarity = self.node_similarity(self.view_unit[views], exclude_views=views) if self.visual_bias else None
+            terms.append(-self.sid_log_likelihood(memory, mask, self.view_item[views], similarity).sum(1).mean())
         return sum(terms) / max(len(terms), 1)
 
     @torch.no_grad()
@@ -363,6 +427,7 @@ class OneVision(SequentialRecommender):
         prune = self.prune if prune is None else prune
         margin = self.prune_beam_margin if prune else float("inf")
         memory, mask = self.encode(interaction, prune=prune)
+        similarity = self.photo_similarity(interaction)
         batch, device = memory.shape[0], memory.device
         tokens = torch.full((batch, 1, 1), self.bos_token, device=device)
         nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -370,13 +435,17 @@ class OneVision(SequentialRecommender):
         self.decode_stats = {"rows": batch, "memory_tokens": int((~mask).sum()), "beams_expanded": 0}
         for level in range(self.levels):
             k, steps, size = tokens.shape[1], tokens.shape[2], self.sizes[level]
+            scores = scores.contiguous()
             live = torch.nonzero(torch.isfinite(scores).view(-1)).squeeze(1)  # only these are decoded
             self.decode_stats["beams_expanded"] += len(live)
             rows = live // k
             states = self.decode(memory[rows], mask[rows], tokens.view(batch * k, steps)[live])[:, -1]
             child = torch.full((batch * k, size), -1, dtype=torch.long, device=device)
             child[live] = self.trie.step(level, nodes.view(-1)[live])
-            logits = self.level_logits(states, level).masked_fill(child[live] < 0, -1e9)
+            logits = self.level_logits(states, level)
+            if similarity is not None:
+                logits = logits + self.visual_logit_bias(similarity[level][rows], level, child[live])
+            logits = logits.masked_fill(child[live] < 0, -1e9)
             logp = torch.log_softmax(logits, -1).masked_fill(child[live] < 0, float("-inf"))
             total = torch.full((batch * k, size), float("-inf"), device=device)
             total[live] = scores.view(-1)[live].unsqueeze(1) + logp
@@ -404,8 +473,7 @@ class OneVision(SequentialRecommender):
 
     def predict(self, interaction):
         """Log-probability of the SID of ``interaction``'s item (sampled evaluation)."""
-        memory, mask = self.encode(interaction)
-        return self.sid_log_likelihood(memory, mask, interaction[self.ITEM_ID]).sum(1)
+        return self(interaction, interaction[self.ITEM_ID])
 
 
 def _compact(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Prefix trie over the catalogue's semantic IDs, for constrained beam search.
 
 Nodes of level ``l`` are the distinct SID prefixes of length ``l`` (level 0: the root, node 0);
-the children of the last level are items. Edges are stored as sorted keys
+the children of the last level are items (so the last level's nodes are item ids). Edges are stored as sorted keys
 ``parent * width + code`` per level, so a batch of (node, code) lookups is one
 ``torch.searchsorted``: memory O(items x levels), whatever the codebook sizes.
 """
@@ -31,7 +31,13 @@ class SIDTrie(nn.Module):
             keys, first = np.unique(parent * self.width + sid[:, level], return_index=True)
             self.register_buffer(f"keys{level}", torch.from_numpy(keys), persistent=False)
             self.register_buffer(f"children{level}", torch.from_numpy(child[first]), persistent=False)
+            # each item's node after this level's code (row 0, padding, on node 0)
+            self.register_buffer(f"item_nodes{level}", torch.from_numpy(np.r_[0, child]), persistent=False)
             parent = child
+
+    def item_nodes(self, level: int) -> torch.Tensor:
+        """(item_num,) the node each item's SID reaches after ``level``'s code."""
+        return getattr(self, f"item_nodes{level}")
 
     def step(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
         """Child of each of ``nodes`` (any shape) for every code of ``level``: shape

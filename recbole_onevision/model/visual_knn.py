@@ -15,10 +15,13 @@ from torch import nn
 
 
 def best_view_similarity(photos: torch.Tensor, views: torch.Tensor, view_item: torch.Tensor,
-                         n_items: int) -> torch.Tensor:
+                         n_items: int, exclude_views: torch.Tensor | None = None) -> torch.Tensor:
     """(photos, n_items) cosine of each photo to each item's best catalogue view (rows
-    L2-normalised beforehand); -inf for items without views."""
+    L2-normalised beforehand); -inf for items without views. ``exclude_views`` (photos,): a
+    view each row may not match (when the "photos" are catalogue views themselves)."""
     similarity = photos @ views.T
+    if exclude_views is not None:
+        similarity.scatter_(1, exclude_views.unsqueeze(1), float("-inf"))
     scores = torch.full((len(photos), n_items), float("-inf"), device=similarity.device)
     return scores.scatter_reduce_(1, view_item.expand(len(photos), -1), similarity, "amax")
 
