@@ -152,11 +152,11 @@ class OneVision(SequentialRecommender):
 
     def _init_visual_bias(self, config, dataset):
         """The photo's similarity to the catalogue as a prior on the decoder's logits (fusing
-        dense and generative retrieval, as LIGER does): at each level, a code's logit gains
-        a learned per-level scale (initially ``visual_bias_scale``) x the best raw-feature cosine between the photo and a view
-        of an item under that code's prefix. The decoder then learns what to add to visual
-        similarity (personalisation, the category) instead of having to memorise every item's
-        appearance in its weights. Learned per level; on only with photos and catalogue views."""
+        dense and generative retrieval, as LIGER does): at each level, a code's logit gains a
+        learned per-level scale (initially ``visual_bias_scale``) x the best raw-feature cosine
+        between the photo and a view of an item under the node that code leads to. The decoder
+        then learns what to add to visual similarity (personalisation, the category) instead of
+        memorising every item's appearance in its weights. On only with photos and views."""
         views = getattr(dataset, "view_embedding", None)
         self.visual_bias = bool(config["visual_bias"]) and self.query_feature is not None and views is not None
         if not self.visual_bias:
