@@ -194,6 +194,13 @@ def test_resuming_from_a_stage_checkpoint_equals_an_uninterrupted_run(tiny_root,
     assert set(whole.stage_files) == {"pretrain", "sft"}
     for (name, a), (_, b) in zip(whole_model.state_dict().items(), resumed_model.state_dict().items()):
         assert torch.equal(a, b), name
+    # a checkpoint is refused on other SIDs (its weights would decode the wrong items)
+    state = dict(whole_model.state_dict())
+    state["item_sid"] = state["item_sid"][[0, 2, 1, *range(3, len(state["item_sid"]))]]
+    with pytest.raises(ValueError, match="trained on other semantic IDs"):
+        resumed_model.load_state_dict(state)
+    state.pop("item_sid")  # written before SIDs were saved: loads as before
+    resumed_model.load_state_dict(state)
 
 
 def test_dynamic_pruning_drops_unrelated_history_and_hopeless_beams(tiny_root, tmp_path):

@@ -73,6 +73,8 @@ class OneVision(SequentialRecommender):
         item_tokens = sid.clamp_min(0) + offsets
         item_tokens[0] = self.pad_token
         self.register_buffer("item_tokens", item_tokens, persistent=False)
+        # saved with the weights, so a checkpoint cannot be loaded onto other SIDs (load_state_dict)
+        self.register_buffer("item_sid", sid.clone())
         self.token_embedding = nn.Embedding(n_tokens + 2, d, padding_idx=self.pad_token)
         self.level_embedding = nn.Embedding(self.levels + 1, d)
         self.segment_embedding = nn.Embedding(5, d)
@@ -117,6 +119,20 @@ class OneVision(SequentialRecommender):
         self.stage = "sft"
         self._reference: dict[str, torch.Tensor] | None = None
         self.apply(self._init_weights)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As torch's, but first checks that the checkpoint was trained on this dataset's SIDs:
+        its weights mean nothing on other codes (an item's SID is what the decoder emits)."""
+        saved = state_dict.get("item_sid")
+        if saved is None:  # checkpoints written before the SIDs were saved with them
+            state_dict = {**state_dict, "item_sid": self.item_sid}
+        elif saved.shape != self.item_sid.shape or not torch.equal(saved.to(self.item_sid.device), self.item_sid):
+            raise ValueError(
+                "OneVision checkpoint: it was trained on other semantic IDs than this dataset's "
+                f"({tuple(saved.shape)} vs {tuple(self.item_sid.shape)} items x levels, or other codes). "
+                "Load it with the config it was trained with (vrq_* keys, seed) and the same VRQ "
+                "cache; SIDs fitted on a GPU can differ from run to run.")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----- inputs --------------------------------------------------------------------------
     def _init_query(self, config, dataset, tokenizer):
