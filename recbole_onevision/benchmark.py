@@ -5,9 +5,10 @@
 
 Every cell (dataset, model, seed) is one ``run.py`` child process (so its peak memory is its
 own) that trains, tests and times ``latency_queries`` single-query predictions; its result JSON
-is kept under ``<out>/cells/<dataset>/<model>/seed<seed>-<hash of the overrides>/result.json``.
-A cell whose JSON exists is not run again, so an interrupted grid resumes where it stopped
-(with other overrides, the cells are new). The report
+is kept under ``<out>/cells/<dataset>/<model>/seed<seed>-<hash>/result.json``, the hash being
+of the overrides and of the plugin's code and default configs. A cell whose JSON exists is not
+run again, so an interrupted grid resumes where it stopped (with other overrides or after a
+code change, the cells are new). The report
 (``<out>/benchmark.md``) holds per dataset and model the test metrics (mean ± std over seeds),
 training time, latency p50/p95, peak memory, and, with two or more seeds, whether each model's
 difference to the best one is significant (Welch's t-test, p < 0.05); ``<out>/benchmark.png``
@@ -35,16 +36,32 @@ METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 QUALITY = "ndcg@10"  # the plot's y axis and the significance tests' metric
 
 
-def cell_dir(out: str, dataset: str, model: str, seed: int, overrides: list[str]) -> str:
-    """The cell's folder; named by the overrides too, so a grid rerun with other settings
-    never reuses results made with different ones."""
-    settings = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
+def code_digest() -> str:
+    """A hash of the plugin's Python code and default configs (this report module aside): what
+    a result depends on besides the command line."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha1()
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(f for f in subfolders if f != "__pycache__")
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if name.endswith((".py", ".yaml")) and path != os.path.abspath(__file__):
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
+def cell_dir(out: str, dataset: str, model: str, seed: int, overrides: list[str], code: str) -> str:
+    """The cell's folder; named by the overrides and the ``code`` digest too, so a grid rerun
+    with other settings or other code never reuses results made with different ones."""
+    settings = hashlib.sha1("\n".join([code, *overrides]).encode()).hexdigest()[:8]
     return os.path.join(out, "cells", dataset, model, f"seed{seed}-{settings}")
 
 
-def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str], log) -> dict:
+def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str], code: str, log) -> dict:
     """Run one cell in a child process unless its result exists; return the result."""
-    folder = cell_dir(out, dataset, model, seed, overrides)
+    folder = cell_dir(out, dataset, model, seed, overrides, code)
     result_file = os.path.join(folder, "result.json")
     if os.path.isfile(result_file):
         log(f"{dataset} / {model} / seed {seed}: done before, reusing {result_file}")
@@ -177,6 +194,8 @@ def main(argv=None) -> dict:
     def log(message):
         print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    code = code_digest()
+    log(f"plugin code digest {code}: cells made by this code and these overrides are reused")
     total, results = len(models) * len(datasets) * len(seeds), {}
     n = 0
     for dataset in datasets:
@@ -185,14 +204,15 @@ def main(argv=None) -> dict:
                 n += 1
                 log(f"cell {n}/{total}")
                 results.setdefault((dataset, model), []).append(
-                    run_cell(args.out, dataset, model, seed, overrides, log))
+                    run_cell(args.out, dataset, model, seed, overrides, code, log))
     rows = summarise(results)
     import torch
 
     header = (f"# Benchmark\n\n`python -m recbole_onevision.benchmark {' '.join(argv if argv is not None else sys.argv[1:])}`"
               f"\n\n{datetime.date.today()}; {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), "
               f"Python {platform.python_version()}, torch {torch.__version__}, RecBole "
-              f"{__import__('recbole').__version__}, NumPy {np.__version__}; seeds {', '.join(map(str, seeds))}"
+              f"{__import__('recbole').__version__}, NumPy {np.__version__}; plugin code {code}; "
+              f"seeds {', '.join(map(str, seeds))}"
               + ("; --quick (smoke run, not a result)" if args.quick else ""))
     report = markdown(rows, header)
     os.makedirs(args.out, exist_ok=True)

@@ -2,6 +2,7 @@
 import os
 import shutil
 
+from recbole_onevision import benchmark
 from recbole_onevision.benchmark import main, welch_p
 from recbole_onevision.data import mvshop
 from recbole_onevision.registry import dataset_properties_file
@@ -32,6 +33,12 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     main(argv)
     assert capsys.readouterr().out.count("done before, reusing") == 4
     assert [p.stat().st_mtime for p in logs] == stamps
+    # other plugin code makes other cells: results of older code are never reused
+    assert benchmark.code_digest() == benchmark.code_digest()
+    same = benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
+    assert same == benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
+    assert same != benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-b")
+    assert same != benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=2"], "code-a")
 
 
 def test_welch_p_separates_clear_differences_only():
