@@ -277,7 +277,8 @@ def test_visual_bias_follows_the_photos_nearest_catalogue_views(tiny_root, tmp_p
     # a catalogue view may not be its own neighbour
     view = torch.tensor([0])
     own = model.node_similarity(model.view_unit[view], exclude_views=view)[-1][0, model.view_item[0]]
-    others = model.view_unit[0] @ model.view_unit[(model.view_item == model.view_item[0]) & (torch.arange(len(model.view_item)) > 0)].T
+    siblings = (model.view_item == model.view_item[0]) & (torch.arange(len(model.view_item)) > 0)
+    others = model.view_unit[0] @ model.view_unit[siblings].T
     assert torch.isclose(own, others.max())
     # with the bias dominating an untrained decoder, the best beam is the visual nearest neighbour
     with torch.no_grad():

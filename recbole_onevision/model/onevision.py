@@ -424,7 +424,8 @@ class OneVision(SequentialRecommender):
         if len(known):
             rows = interaction[known]
             memory, mask = self.encode(rows, context=False)
-            terms.append(-self.sid_log_likelihood(memory, mask, product[known], self.photo_similarity(rows)).sum(1).mean())
+            likelihood = self.sid_log_likelihood(memory, mask, product[known], self.photo_similarity(rows))
+            terms.append(-likelihood.sum(1).mean())
         if self.view_feature is not None:
             views = torch.randint(len(self.view_item), (len(product),), device=product.device)
             memory, mask = self.encode_views(views)
