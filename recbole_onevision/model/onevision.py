@@ -375,11 +375,12 @@ class OneVision(SequentialRecommender):
     def _sft_loss(self, interaction):
         target = interaction[self.POS_ITEM_ID]
         memory, mask = self.encode(interaction)
-        nll = -self.sid_log_likelihood(memory, mask, target, self.photo_similarity(interaction)).sum(1)
+        similarity = self.photo_similarity(interaction)
+        nll = -self.sid_log_likelihood(memory, mask, target, similarity).sum(1)
         weight = self._row_weights(interaction, nll)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
-            loss = loss + self.visual_prior_weight * self._visual_prior_loss(interaction)
+            loss = loss + self.visual_prior_weight * self._visual_prior_loss(interaction, similarity)
         return loss
 
     def rejected_items(self, interaction) -> torch.Tensor:
@@ -414,24 +415,28 @@ class OneVision(SequentialRecommender):
         weight = self._row_weights(interaction, loss)
         return (loss * weight).sum() / weight.sum()
 
-    def _visual_prior_loss(self, interaction):
+    def _visual_prior_loss(self, interaction, similarity: list[torch.Tensor] | None = None):
         """Photo alone -> SID of the pictured product, and catalogue view -> its item's SID
         (as many random views as the batch has rows), so every item's SID is learnt from its
-        appearance, clicked in training or not."""
+        appearance, clicked in training or not. ``similarity``: the rows' :meth:`photo_similarity`
+        when the caller has it already."""
         terms = []
         product = self.query_product[interaction[self.query_field]]
         known = torch.nonzero(product > 0).squeeze(1)
         if len(known):
             rows = interaction[known]
+            known_similarity = (self.photo_similarity(rows) if similarity is None
+                                else [level[known] for level in similarity])
             memory, mask = self.encode(rows, context=False)
-            likelihood = self.sid_log_likelihood(memory, mask, product[known], self.photo_similarity(rows))
+            likelihood = self.sid_log_likelihood(memory, mask, product[known], known_similarity)
             terms.append(-likelihood.sum(1).mean())
         if self.view_feature is not None:
             views = torch.randint(len(self.view_item), (len(product),), device=product.device)
             memory, mask = self.encode_views(views)
             # a view's bias comes from the *other* views: matching itself would teach blind trust
-            similarity = self.node_similarity(self.view_unit[views], exclude_views=views) if self.visual_bias else None
-            terms.append(-self.sid_log_likelihood(memory, mask, self.view_item[views], similarity).sum(1).mean())
+            view_similarity = (self.node_similarity(self.view_unit[views], exclude_views=views)
+                               if self.visual_bias else None)
+            terms.append(-self.sid_log_likelihood(memory, mask, self.view_item[views], view_similarity).sum(1).mean())
         return sum(terms) / max(len(terms), 1)
 
     @torch.no_grad()
