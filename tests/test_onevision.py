@@ -45,6 +45,8 @@ def test_trie_only_continues_real_sids():
     assert (level1 >= 0).sum() == 3  # (0,1), (1,1), (2,0)
     node01 = trie.step(1, torch.tensor([trie.step(0, torch.tensor([0]))[0, 0]]))[0, 1]
     assert trie.step(2, node01.view(1)).tolist() == [[1, 2]]  # items 1 and 2
+    assert trie.parents(2)[[1, 2, 3, 4]].tolist() == trie.item_nodes(1)[[1, 2, 3, 4]].tolist()
+    assert trie.parents(1)[trie.item_nodes(1)[1:]].tolist() == trie.item_nodes(0)[1:].tolist()
     with pytest.raises(ValueError, match="not unique"):
         SIDTrie(torch.tensor([[-1, -1], [0, 1], [0, 1]]), [2, 2])
 
@@ -258,6 +260,17 @@ def test_empty_history_rows_make_one_off_sessions_trainable(tiny_root, tmp_path)
     loss = model.calculate_loss(full_splits[0]._dataset.join(train[torch.nonzero(empty).squeeze(1)]))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_scoring_several_items_per_row_equals_one_at_a_time(tiny_root, tmp_path):
+    _, _, model, (_, _, test) = prepare(tiny_root, tmp_path)
+    model.eval()
+    batch = next(iter(test))[0]
+    items = torch.stack([batch["item_id"], model.rejected_items(batch), torch.ones_like(batch["item_id"])], 1)
+    together = model(batch, items)
+    assert together.shape == items.shape
+    for column in range(3):
+        assert torch.allclose(together[:, column], model(batch, items[:, column]), atol=1e-5)
 
 
 def test_visual_bias_follows_the_photos_nearest_catalogue_views(tiny_root, tmp_path):

@@ -6,6 +6,7 @@ from recbole.utils import init_seed
 
 from recbole_onevision.config import Config
 from recbole_onevision.data import mvshop
+from recbole_onevision.model.visual_knn import ViewTable
 from recbole_onevision.registry import create_dataset, get_model
 from recbole_onevision.retrieval import best_view_similarity
 
@@ -36,3 +37,33 @@ def test_needs_photos_and_views(tmp_path):
     train, _, _ = data_preparation(config, dataset)
     with pytest.raises(ValueError, match="VisualKNN needs query photos and catalogue views"):
         get_model("VisualKNN")(config, train._dataset)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_view_table_equals_the_scatter_search(dense):
+    generator = torch.Generator().manual_seed(0)
+    n_items = 30
+    # uneven views: item 0 (padding) and item 5 have none, item 7 has one; dense padding holds
+    # unless one item has very many views
+    view_item = torch.cat([torch.arange(1, n_items).repeat(2), torch.tensor([9] * (1 if dense else 80))])
+    view_item = view_item[(view_item != 5) & ((view_item != 7) | (torch.arange(len(view_item)) < n_items))]
+    view_item = view_item[torch.randperm(len(view_item), generator=generator)]
+    views = torch.nn.functional.normalize(torch.randn(len(view_item), 8, generator=generator), dim=1)
+    photos = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1)
+    table = ViewTable(views, view_item, n_items)
+    assert table.dense == dense
+    expected = torch.from_numpy(best_view_similarity(photos.numpy(), views.numpy(), view_item.numpy(), n_items))
+    got = table(photos)
+    assert torch.allclose(got, expected.float(), atol=1e-6)
+    assert torch.isinf(got[:, [0, 5]]).all() and torch.isfinite(got[:, 1:5]).all()
+    # excluding each row's own view: as the reference with that column removed
+    exclude = torch.tensor([0, 1, 2, 3, 4, int(torch.nonzero(view_item == 7)[0])])
+    got = table(views[exclude], exclude_views=exclude)
+    for row, view in enumerate(exclude.tolist()):
+        keep = torch.arange(len(view_item)) != view
+        want = best_view_similarity(views[exclude][row:row + 1].numpy(), views[keep].numpy(),
+                                    view_item[keep].numpy(), n_items)
+        assert torch.allclose(got[row], torch.from_numpy(want)[0].float(), atol=1e-6)
+    assert torch.isinf(got[-1, 7])  # item 7's only view was excluded
+    items = torch.tensor([1, 5, 7, 9, 12, 29])
+    assert torch.allclose(table.of_items(photos, items), expected.float()[torch.arange(6), items], atol=1e-6)

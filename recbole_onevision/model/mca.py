@@ -1,7 +1,7 @@
 """MCA: the multi-stage cascade OneVision replaces, as one RecBole model.
 
 1. **Recall**: the ``recall_size`` items whose best catalogue view is closest (cosine) to the
-   query photo, by exact search (:func:`~recbole_onevision.model.visual_knn.best_view_similarity`).
+   query photo, by exact search (:class:`~recbole_onevision.model.visual_knn.ViewTable`).
 2. **Rank**: a personalised ranker scores each recalled item from the query photo, the user
    (history items and profile tokens), the item (id, attribute tokens, its views' mean
    embedding) and the recall similarity, as a correction on top of the scaled similarity (so an
@@ -23,7 +23,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureType, InputType
 from torch import nn
 
-from recbole_onevision.model.visual_knn import best_view_similarity, photos_and_views
+from recbole_onevision.model.visual_knn import ViewTable, photos_and_views
 
 
 class MCA(SequentialRecommender):
@@ -41,9 +41,9 @@ class MCA(SequentialRecommender):
                              f"got {self.recall_size}")
         self.query_field = config["QUERY_ID_FIELD"] or "query_id"
         self.register_buffer("photos", F.normalize(photos.float(), dim=1), persistent=False)
-        self.register_buffer("views", F.normalize(views.float(), dim=1), persistent=False)
-        self.register_buffer("view_item", dataset.view_item.clone(), persistent=False)
-        mean_view = torch.zeros(self.n_items, views.shape[1]).index_add_(0, dataset.view_item, self.views)
+        unit = F.normalize(views.float(), dim=1)
+        self.views = ViewTable(unit, dataset.view_item, self.n_items)
+        mean_view = torch.zeros(self.n_items, views.shape[1]).index_add_(0, dataset.view_item, unit)
         self.register_buffer("item_visual", F.normalize(mean_view, dim=1), persistent=False)
 
         d = config["embedding_size"]
@@ -86,7 +86,7 @@ class MCA(SequentialRecommender):
     def recall(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, recall_size) recalled items and their visual similarity, best first."""
         query = interaction[self.query_field]
-        scores = best_view_similarity(self.photos[query], self.views, self.view_item, self.n_items)
+        scores = self.views(self.photos[query])
         scores[:, 0] = float("-inf")
         scores[query == 0] = torch.where(torch.isfinite(scores[query == 0]), 0.0, float("-inf"))
         similarity, items = scores.topk(self.recall_size, dim=1)
@@ -115,9 +115,8 @@ class MCA(SequentialRecommender):
             items, similarity = self.recall(interaction)
             missed = ~(items == target.unsqueeze(1)).any(1)
             items[missed, -1] = target[missed]  # the engaged item is always a candidate
-            similarity[missed, -1] = best_view_similarity(
-                self.photos[interaction[self.query_field][missed]], self.views, self.view_item,
-                self.n_items).gather(1, target[missed].unsqueeze(1)).squeeze(1)
+            similarity[missed, -1] = self.views.of_items(
+                self.photos[interaction[self.query_field][missed]], target[missed])
         logits = self.rank(interaction, items, similarity)
         return F.cross_entropy(logits, (items == target.unsqueeze(1)).float().argmax(1))
 

@@ -41,7 +41,7 @@ from recbole.utils import FeatureType, InputType
 from torch import nn
 
 from recbole_onevision.model.trie import SIDTrie
-from recbole_onevision.model.visual_knn import best_view_similarity
+from recbole_onevision.model.visual_knn import ViewTable
 
 CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder tokens
 STAGES = ("pretrain", "sft", "dpo")  # in the order the paper trains them
@@ -179,6 +179,7 @@ class OneVision(SequentialRecommender):
             return
         self.register_buffer("photo_unit", F.normalize(dataset.query_embedding.float(), dim=1), persistent=False)
         self.register_buffer("view_unit", F.normalize(views.float(), dim=1), persistent=False)
+        self.view_table = ViewTable(self.view_unit, dataset.view_item, self.n_items)
         self.node_counts = [int(self.trie.item_nodes(level).max()) + 1 for level in range(self.levels)]
         scale = float(config["visual_bias_scale"])
         if not scale > 0:
@@ -191,14 +192,13 @@ class OneVision(SequentialRecommender):
         """Per level, (rows, nodes of that level): the best cosine between each (L2-normalised)
         photo and a view of an item under each trie node (items without views: -1); the last
         level's nodes are the items themselves."""
-        similarity = best_view_similarity(photos, self.view_unit, self.view_item, self.n_items,
-                                          exclude_views).clamp_min(-1.0)
-        out = []
-        for level, count in enumerate(self.node_counts[:-1]):
-            nodes = self.trie.item_nodes(level).expand(len(photos), -1)
-            out.append(torch.full((len(photos), count), -1.0, device=photos.device)
-                       .scatter_reduce_(1, nodes, similarity, "amax"))
-        return out + [similarity]
+        rows = len(photos)
+        out = [self.view_table(photos, exclude_views).clamp_min(-1.0)]
+        for level in reversed(range(self.levels - 1)):  # a node's best is its children's best
+            parents = self.trie.parents(level + 1).expand(rows, -1)
+            out.insert(0, torch.full((rows, self.node_counts[level]), -1.0, device=photos.device)
+                       .scatter_reduce_(1, parents, out[0], "amax"))
+        return out
 
     def photo_similarity(self, interaction) -> list[torch.Tensor] | None:
         """:meth:`node_similarity` of the rows' query photos (flat for rows without a photo);
@@ -355,10 +355,22 @@ class OneVision(SequentialRecommender):
         self._reference = ({k: v.detach().clone() for k, v in self.named_parameters()}
                            if stage == "dpo" else None)
 
-    def forward(self, interaction, items: torch.Tensor) -> torch.Tensor:
-        """Log-probability of ``items``' SIDs given ``interaction`` (summed over levels)."""
+    def forward(self, interaction, items: torch.Tensor,
+                similarity: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Log-probability of ``items``' SIDs given ``interaction`` (summed over levels):
+        ``items`` (rows,) gives (rows,); (rows, n) scores n items per row with one encoder pass.
+        ``similarity``: the rows' :meth:`photo_similarity`, when the caller has it already."""
         memory, mask = self.encode(interaction)
-        return self.sid_log_likelihood(memory, mask, items, self.photo_similarity(interaction)).sum(1)
+        if similarity is None:
+            similarity = self.photo_similarity(interaction)
+        n = items.shape[1] if items.dim() == 2 else 0
+        if n:  # column-major: the rows' first items, then their second ones, ...
+            memory, mask = memory.repeat(n, 1, 1), mask.repeat(n, 1)
+            if similarity is not None:
+                similarity = [level.repeat(n, 1) for level in similarity]
+            items = items.T.reshape(-1)
+        likelihood = self.sid_log_likelihood(memory, mask, items, similarity).sum(1)
+        return likelihood.view(n, -1).T if n else likelihood
 
     def calculate_loss(self, interaction):
         if self.stage == "pretrain":
@@ -400,13 +412,12 @@ class OneVision(SequentialRecommender):
         if self._reference is None:
             raise RuntimeError("dpo stage without a reference policy: call set_stage('dpo') first")
         items = torch.stack([interaction[self.POS_ITEM_ID], self.rejected_items(interaction)], 1)
-        batch = len(items)
-        doubled, both = interaction.repeat(2), items.T.reshape(-1)  # chosen rows, then rejected rows
-        policy = self(doubled, both).view(2, batch)
+        similarity = self.photo_similarity(interaction)  # parameter-free: shared with the reference
+        policy = self(interaction, items, similarity).T  # (2, batch): chosen, rejected
         training = self.training
         self.train(False)  # the reference policy without dropout
         with torch.no_grad():
-            reference = torch.func.functional_call(self, self._reference, (doubled, both)).view(2, batch)
+            reference = torch.func.functional_call(self, self._reference, (interaction, items, similarity)).T
         self.train(training)
         margin = (policy[0] - reference[0]) - (policy[1] - reference[1])
         # + the chosen item's likelihood (as in RPO, Pang et al. 2024): pure DPO can lower both

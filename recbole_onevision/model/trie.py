@@ -33,11 +33,19 @@ class SIDTrie(nn.Module):
             self.register_buffer(f"children{level}", torch.from_numpy(child[first]), persistent=False)
             # each item's node after this level's code (row 0, padding, on node 0)
             self.register_buffer(f"item_nodes{level}", torch.from_numpy(np.r_[0, child]), persistent=False)
+            if level:  # each node's parent (a node of the level above; row 0 of the leaves: padding)
+                parents = np.zeros(child.max() + 1, dtype=np.int64)
+                parents[child] = parent
+                self.register_buffer(f"parents{level}", torch.from_numpy(parents), persistent=False)
             parent = child
 
     def item_nodes(self, level: int) -> torch.Tensor:
         """(item_num,) the node each item's SID reaches after ``level``'s code."""
         return getattr(self, f"item_nodes{level}")
+
+    def parents(self, level: int) -> torch.Tensor:
+        """(nodes of ``level``,) the node of ``level - 1`` each node of ``level`` (>= 1) hangs from."""
+        return getattr(self, f"parents{level}")
 
     def step(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
         """Child of each of ``nodes`` (any shape) for every code of ``level``: shape
