@@ -10,6 +10,7 @@ from recbole.utils import init_seed
 
 from recbole_onevision.config import Config
 from recbole_onevision.data import mvshop
+from recbole_onevision.model.decoder_cache import DecoderCache
 from recbole_onevision.model.trie import SIDTrie
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import create_dataset, dataset_properties_file, get_model
@@ -65,10 +66,51 @@ def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path)
     assert torch.isfinite(row).sum(1).tolist() == [config["beam_size"]] * len(batch)
     top = row.topk(10, dim=1)
     assert torch.equal(top.indices, items[:, :10]) and torch.allclose(top.values, scores[:, :10])
+    # the (key/value-cached) beam scores equal the full decoder's constrained log-probabilities
+    memory, mask = model.encode(batch)
+    similarity = model.photo_similarity(batch)
+    rows, best = torch.arange(len(batch)).repeat_interleave(3), items[:, :3].reshape(-1)
+    targets = model.item_tokens[best]
+    bos = torch.full((len(best), 1), model.bos_token)
+    states = model.decode(memory[rows], mask[rows], torch.cat([bos, targets[:, :-1]], 1))
+    total, parent = torch.zeros(len(best)), torch.zeros_like(best)
+    for level in range(model.levels):
+        child = model.trie.step(level, parent)
+        logits = model.level_logits(states[:, level], level)
+        logits = logits + model.visual_logit_bias(similarity[level][rows], level, child)
+        logp = torch.log_softmax(logits.masked_fill(child < 0, -1e9), -1)
+        total += logp.gather(1, (targets[:, level] - model.offsets[level]).unsqueeze(1)).squeeze(1)
+        parent = model.trie.item_nodes(level)[best]
+    assert torch.allclose(total.view(len(batch), 3), scores[:, :3], atol=1e-4)
     # an anonymous query with no photo still decodes real items
     batch.interaction["query_id"] = torch.zeros_like(batch["query_id"])
     anonymous, _ = model.generate(batch)
     assert ((anonymous >= 1) & (anonymous < dataset.item_num)).all()
+
+
+def test_cached_decoding_equals_the_full_decoder():
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerDecoderLayer(16, 2, 32, 0.1, batch_first=True, norm_first=True)
+    decoder = torch.nn.TransformerDecoder(layer, 2, norm=torch.nn.LayerNorm(16)).eval()
+    memory, mask = torch.randn(3, 5, 16), torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False, True] * 2 + [False]])
+    tokens = torch.randn(6, 3, 16)  # 6 beams (2 per row), 3 positions
+    tokens[1::2, 0] = tokens[::2, 0]  # a row's beams share its first token
+    beam_rows = torch.tensor([0, 0, 1, 1, 2, 2])
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(3)
+    with torch.no_grad():
+        full = decoder(tokens, memory[beam_rows], tgt_mask=causal, memory_key_padding_mask=mask[beam_rows])
+        cache = DecoderCache(decoder, memory, mask)
+        first = cache.step(tokens[::2, 0], torch.arange(3), torch.arange(3))  # one beam per row
+        assert torch.allclose(first, full[::2, 0], atol=1e-5)
+        cache.reorder(torch.tensor([0, 0, 1, 1, 2, 2]))  # each row's beam splits in two
+        assert torch.allclose(cache.step(tokens[:, 1], torch.arange(6), beam_rows), full[:, 1], atol=1e-5)
+        cache.reorder(torch.tensor([1, 0, 2, 3, 5, 4]))  # beams swap within rows
+        swapped = torch.tensor([1, 0, 2, 3, 5, 4])
+        live = torch.tensor([0, 1, 3, 4])  # some beams finished: not decoded
+        got = cache.step(tokens[swapped][live, 2], live, beam_rows[live])
+        reference = decoder(tokens[swapped], memory[beam_rows], tgt_mask=causal,
+                            memory_key_padding_mask=mask[beam_rows])
+        assert torch.allclose(got, reference[live, 2], atol=1e-5)
 
 
 def test_training_memorises_a_tiny_shop(tiny_root, tmp_path):

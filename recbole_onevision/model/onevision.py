@@ -40,6 +40,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureType, InputType
 from torch import nn
 
+from recbole_onevision.model.decoder_cache import DecoderCache
 from recbole_onevision.model.trie import SIDTrie
 from recbole_onevision.model.visual_knn import ViewTable
 
@@ -462,17 +463,19 @@ class OneVision(SequentialRecommender):
         memory, mask = self.encode(interaction, prune=prune)
         similarity = self.photo_similarity(interaction)
         batch, device = memory.shape[0], memory.device
-        tokens = torch.full((batch, 1, 1), self.bos_token, device=device)
+        cache = DecoderCache(self.decoder, memory, mask)
+        last = torch.full((batch, 1), self.bos_token, device=device)  # each beam's last token
         nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
         scores = torch.zeros(batch, 1, device=device)
         self.decode_stats = {"rows": batch, "memory_tokens": int((~mask).sum()), "beams_expanded": 0}
         for level in range(self.levels):
-            k, steps, size = tokens.shape[1], tokens.shape[2], self.sizes[level]
+            k, size = last.shape[1], self.sizes[level]
             scores = scores.contiguous()
             live = torch.nonzero(torch.isfinite(scores).view(-1)).squeeze(1)  # only these are decoded
             self.decode_stats["beams_expanded"] += len(live)
             rows = live // k
-            states = self.decode(memory[rows], mask[rows], tokens.view(batch * k, steps)[live])[:, -1]
+            inputs = self.token_embedding(last.reshape(-1)[live]) + self.level_embedding.weight[level]
+            states = cache.step(self.input_dropout(inputs), live, rows)
             child = torch.full((batch * k, size), -1, dtype=torch.long, device=device)
             child[live] = self.trie.step(level, nodes.view(-1)[live])
             logits = self.level_logits(states, level)
@@ -487,8 +490,8 @@ class OneVision(SequentialRecommender):
             alive = max(int(torch.isfinite(scores).sum(1).max()), 1)  # beams are sorted: a prefix
             scores, index = scores[:, :alive], index[:, :alive]
             parent, code = index // size, index % size
-            tokens = torch.cat([tokens.gather(1, parent.unsqueeze(2).expand(-1, -1, steps)),
-                                (code + self.offsets[level]).unsqueeze(2)], 2)
+            cache.reorder((parent + k * torch.arange(batch, device=device).unsqueeze(1)).view(-1))
+            last = code + self.offsets[level]
             nodes = child.view(batch, k, size)[torch.arange(batch, device=device).unsqueeze(1), parent, code]
         items = torch.where(torch.isfinite(scores), nodes, torch.zeros_like(nodes))
         missing = beams - items.shape[1]

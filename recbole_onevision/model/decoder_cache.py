@@ -1,0 +1,79 @@
+"""Incremental decoding of a pre-norm ``nn.TransformerDecoder`` with cached keys and values.
+
+Beam search without a cache re-runs the whole decoder over every beam's prefix at each SID
+level, and projects the encoder memory into cross-attention keys and values again for every
+beam at every level; with 20 beams that projection is most of the decoding work. Here the
+memory's keys and values are projected once per query row, and each level runs only its new
+token, attending to the cached keys and values of the earlier ones. In eval mode (no dropout)
+the output equals the full decoder's last position (tested against it).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DecoderCache:
+    """Decoding state of ``beams`` hypotheses over ``memory`` (rows, tokens, d_model) with key
+    padding ``mask`` (True = absent). :meth:`step` decodes one token for some of the beams;
+    :meth:`reorder` follows the beam search's selection to the next level."""
+
+    def __init__(self, decoder: nn.TransformerDecoder, memory: torch.Tensor, mask: torch.Tensor):
+        self.decoder = decoder
+        self.layers = list(decoder.layers)
+        first = self.layers[0]
+        if not all(layer.norm_first for layer in self.layers):
+            raise ValueError("DecoderCache: expected pre-norm decoder layers (norm_first=True)")
+        self.heads = first.self_attn.num_heads
+        self.width = first.self_attn.embed_dim
+        self.cross = [self._project(layer.multihead_attn, memory, keys_values=True) for layer in self.layers]
+        self.attend = (~mask)[:, None, None, :]  # (rows, 1, 1, tokens): True = attend
+        self.past: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
+        self.beams = len(memory)  # one beam per row before the first step
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, tokens, d_model) -> (n, heads, tokens, d_model / heads)."""
+        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def _project(self, attention: nn.MultiheadAttention, x: torch.Tensor, keys_values: bool = False):
+        w, b = attention.in_proj_weight, attention.in_proj_bias
+        if keys_values:
+            key, value = F.linear(x, w[self.width:], None if b is None else b[self.width:]).chunk(2, -1)
+            return self._split(key), self._split(value)
+        return [self._split(part) for part in F.linear(x, w, b).chunk(3, -1)]
+
+    def _attend(self, attention: nn.MultiheadAttention, query, key, value, mask=None) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        return attention.out_proj(out.transpose(1, 2).reshape(out.shape[0], -1, self.width))
+
+    def step(self, inputs: torch.Tensor, live: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Decode one position for the beams ``live`` (indices into the current beams), whose
+        memory rows are ``rows``: ``inputs`` (live, d_model) embedded tokens -> (live, d_model)
+        output states. Beams not in ``live`` get zero keys/values (they are never extended)."""
+        x = inputs.unsqueeze(1)
+        for i, layer in enumerate(self.layers):
+            query, key, value = self._project(layer.self_attn, layer.norm1(x))
+            full_key = torch.zeros(self.beams, *key.shape[1:], dtype=key.dtype, device=key.device)
+            full_value = torch.zeros_like(full_key)
+            full_key[live], full_value[live] = key, value
+            if self.past[i] is not None:
+                full_key = torch.cat([self.past[i][0], full_key], 2)
+                full_value = torch.cat([self.past[i][1], full_value], 2)
+            self.past[i] = (full_key, full_value)
+            x = x + layer.dropout1(self._attend(layer.self_attn, query, full_key[live], full_value[live]))
+            query = self._split(F.linear(layer.norm2(x), layer.multihead_attn.in_proj_weight[:self.width],
+                                         None if layer.multihead_attn.in_proj_bias is None
+                                         else layer.multihead_attn.in_proj_bias[:self.width]))
+            key, value = self.cross[i]
+            x = x + layer.dropout2(self._attend(layer.multihead_attn, query, key[rows], value[rows], self.attend[rows]))
+            feed = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm3(x)))))
+            x = x + layer.dropout3(feed)
+        if self.decoder.norm is not None:
+            x = self.decoder.norm(x)
+        return x.squeeze(1)
+
+    def reorder(self, parents: torch.Tensor) -> None:
+        """Keep, in this order, the beams ``parents`` (indices into the current beams)."""
+        self.past = [None if kv is None else (kv[0][parents], kv[1][parents]) for kv in self.past]
+        self.beams = len(parents)
