@@ -27,7 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MEASURE = r"""
-import json, sys, time, torch
+import itertools, json, sys, time, torch
 from recbole.data import data_preparation
 from recbole.utils import init_seed
 from recbole_onevision.config import Config
@@ -43,6 +43,12 @@ train, valid, _ = data_preparation(config, dataset)
 model = config.model_class(config, train._dataset)
 optimizer = torch.optim.Adam(model.parameters(), 1e-4)
 out = {"train_rows": len(train._dataset), "valid_rows": len(valid._dataset)}
+
+
+def batches(loader, n):  # n batches, the first ones again if the split has fewer
+    return list(itertools.islice(itertools.cycle(loader), n))
+
+
 for stage in ("pretrain", "sft", "dpo"):
     if not model.supports_stage(stage):
         continue
@@ -51,7 +57,7 @@ for stage in ("pretrain", "sft", "dpo"):
     model.set_stage(stage)
     model.train()
     seconds = []
-    for _, batch in zip(range(args["batches"] + 1), train):
+    for batch in batches(train, args["batches"] + 1):
         start = time.perf_counter()
         loss = model.calculate_loss(batch)
         optimizer.zero_grad()
@@ -63,7 +69,7 @@ for stage in ("pretrain", "sft", "dpo"):
 model.eval()
 seconds = []
 with torch.no_grad():
-    for _, batch in zip(range(args["eval_batches"] + 1), valid):
+    for batch in batches(valid, args["eval_batches"] + 1):
         start = time.perf_counter()
         model.full_sort_predict(batch[0])
         seconds.append(time.perf_counter() - start)
