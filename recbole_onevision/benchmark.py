@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -73,7 +74,13 @@ def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str]
     log(f"{dataset} / {model} / seed {seed}: running ({' '.join(command[3:])})")
     start = time.time()
     with open(os.path.join(folder, "run.log"), "w") as child_log:
-        child = subprocess.run(command, stdout=child_log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, stdout=child_log, stderr=subprocess.STDOUT)
+        try:
+            child.wait()
+        except BaseException:  # interrupted or killed: stop the cell too, no orphan left training
+            child.terminate()
+            child.wait()
+            raise
     if child.returncode:
         raise RuntimeError(f"{dataset} / {model} / seed {seed} failed (exit {child.returncode}); "
                            f"see {os.path.join(folder, 'run.log')}")
@@ -226,4 +233,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    # `kill <benchmark>` then unwinds like Ctrl-C, so the running cell's child is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
