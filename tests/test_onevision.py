@@ -77,7 +77,7 @@ def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path)
     for level in range(model.levels):
         child = model.trie.step(level, parent)
         logits = model.level_logits(states[:, level], level)
-        logits = logits + model.visual_logit_bias(similarity[level][rows], level, child)
+        logits = logits + model.visual_logit_bias(similarity[level][rows], level, child)  # rows copied
         logp = torch.log_softmax(logits.masked_fill(child < 0, -1e9), -1)
         total += logp.gather(1, (targets[:, level] - model.offsets[level]).unsqueeze(1)).squeeze(1)
         parent = model.trie.item_nodes(level)[best]

@@ -210,10 +210,15 @@ class OneVision(SequentialRecommender):
         out = self.node_similarity(self.photo_unit[query])
         return [level.masked_fill((query == 0).unsqueeze(1), 0.0) for level in out]
 
-    def visual_logit_bias(self, level_similarity: torch.Tensor, level: int, children: torch.Tensor) -> torch.Tensor:
+    def visual_logit_bias(self, level_similarity: torch.Tensor, level: int, children: torch.Tensor,
+                          rows: torch.Tensor | None = None) -> torch.Tensor:
         """(rows, codes) the visual bias of each code of ``level`` given the trie ``children``
-        of the rows' current prefixes (-1: no such SID, bias as for the least similar item)."""
-        prior = level_similarity.gather(1, children.clamp_min(0)).masked_fill(children < 0, -1.0)
+        of the rows' current prefixes (-1: no such SID, bias as for the least similar item).
+        ``rows``: the row of ``level_similarity`` each row of ``children`` reads (default: the
+        same row); beams index their query's row instead of copying it (a row is every node)."""
+        index = children.clamp_min(0)
+        prior = level_similarity.gather(1, index) if rows is None else level_similarity[rows.unsqueeze(1), index]
+        prior = prior.masked_fill(children < 0, -1.0)
         return self.visual_bias_log_scale[level].exp() * prior
 
     def _init_profile(self, config, dataset):
@@ -322,10 +327,11 @@ class OneVision(SequentialRecommender):
         start = int(self.offsets[level])
         return self.output(states)[..., start:start + self.sizes[level]]
 
-    def sid_log_likelihood(self, memory, mask, items: torch.Tensor,
-                           similarity: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def sid_log_likelihood(self, memory, mask, items: torch.Tensor, similarity: list[torch.Tensor] | None = None,
+                           similarity_rows: torch.Tensor | None = None) -> torch.Tensor:
         """(rows, levels) log-probabilities of each level of ``items``' SIDs (teacher forcing);
-        ``similarity``: the rows' :meth:`node_similarity` when the visual bias is on."""
+        ``similarity``: the rows' :meth:`node_similarity` when the visual bias is on (row
+        ``similarity_rows[i]`` for item row ``i``, if given)."""
         targets = self.item_tokens[items]
         bos = torch.full((len(items), 1), self.bos_token, device=items.device)
         states = self.decode(memory, mask, torch.cat([bos, targets[:, :-1]], 1))
@@ -334,7 +340,8 @@ class OneVision(SequentialRecommender):
         for level in range(self.levels):
             logits = self.level_logits(states[:, level], level)
             if similarity is not None:
-                logits = logits + self.visual_logit_bias(similarity[level], level, self.trie.step(level, parent))
+                children = self.trie.step(level, parent)
+                logits = logits + self.visual_logit_bias(similarity[level], level, children, similarity_rows)
                 parent = self.trie.item_nodes(level)[items]
             logp = torch.log_softmax(logits, -1)
             code = targets[:, level] - self.offsets[level]
@@ -365,12 +372,12 @@ class OneVision(SequentialRecommender):
         if similarity is None:
             similarity = self.photo_similarity(interaction)
         n = items.shape[1] if items.dim() == 2 else 0
+        rows = None
         if n:  # column-major: the rows' first items, then their second ones, ...
             memory, mask = memory.repeat(n, 1, 1), mask.repeat(n, 1)
-            if similarity is not None:
-                similarity = [level.repeat(n, 1) for level in similarity]
+            rows = torch.arange(len(items), device=items.device).repeat(n)
             items = items.T.reshape(-1)
-        likelihood = self.sid_log_likelihood(memory, mask, items, similarity).sum(1)
+        likelihood = self.sid_log_likelihood(memory, mask, items, similarity, rows).sum(1)
         return likelihood.view(n, -1).T if n else likelihood
 
     def calculate_loss(self, interaction):
@@ -480,7 +487,7 @@ class OneVision(SequentialRecommender):
             child[live] = self.trie.step(level, nodes.view(-1)[live])
             logits = self.level_logits(states, level)
             if similarity is not None:
-                logits = logits + self.visual_logit_bias(similarity[level][rows], level, child[live])
+                logits = logits + self.visual_logit_bias(similarity[level], level, child[live], rows)
             logits = logits.masked_fill(child[live] < 0, -1e9)
             logp = torch.log_softmax(logits, -1).masked_fill(child[live] < 0, float("-inf"))
             total = torch.full((batch * k, size), float("-inf"), device=device)
