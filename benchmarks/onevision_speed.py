@@ -36,7 +36,7 @@ from recbole_onevision.registry import create_dataset
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 config = Config("OneVision", args["dataset"], None, {"show_progress": False, "state": "WARNING",
-                                                    "data_path": args["data_path"], **args["overrides"]})
+                                                    "data_path": args["data_path"]}, cmd_args=args["overrides"])
 init_seed(config["seed"], True)
 dataset = create_dataset(config)
 train, valid, _ = data_preparation(config, dataset)
@@ -88,16 +88,10 @@ def parse(argv):
     parser.add_argument("--eval_batches", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    args, rest = parser.parse_known_args(argv)
-    overrides = {}
-    for item in rest:
-        if not item.startswith("--") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}: overrides are --key=value")
-        key, value = item[2:].split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    args, overrides = parser.parse_known_args(argv)  # --key=value, checked by the plugin's Config
+    bad = [a for a in overrides if not (a.startswith("--") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognised arguments {bad}: overrides must look like --key=value")
     if min(args.batches, args.eval_batches, args.rounds, args.threads) < 1:
         parser.error("--batches, --eval_batches, --rounds and --threads must be at least 1")
     return args, overrides
@@ -148,7 +142,7 @@ def report(best: dict, trees: dict, args, overrides) -> str:
     rows_per_epoch, valid_rows = first["train_rows"], first["valid_rows"]
     head = " | ".join(f"{rev} ({trees[rev][0]})" for rev in best)
     lines = [f"OneVision speed on {args.dataset}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
-             f"{datetime.date.today()}; overrides {overrides or 'none'}",
+             f"{datetime.date.today()}; overrides {' '.join(overrides) or 'none'}",
              f"train batch {first['train_batch']} rows ({rows_per_epoch} per epoch), eval batch {first['eval_batch']} "
              f"rows ({valid_rows} per validation pass); best of {args.rounds} rounds",
              "", f"| step | {head} | ratio last/first | estimate for the last (min) |",
