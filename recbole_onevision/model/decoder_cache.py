@@ -27,7 +27,7 @@ class DecoderCache:
             raise ValueError("DecoderCache: expected pre-norm decoder layers (norm_first=True)")
         self.heads = first.self_attn.num_heads
         self.width = first.self_attn.embed_dim
-        self.cross = [self._project(layer.multihead_attn, memory, keys_values=True) for layer in self.layers]
+        self.cross = [self._project(layer.multihead_attn, memory, slice(1, 3)) for layer in self.layers]
         self.attend = (~mask)[:, None, None, :]  # (rows, 1, 1, tokens): True = attend
         self.past: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
         self.beams = len(memory)  # one beam per row before the first step
@@ -36,12 +36,13 @@ class DecoderCache:
         """(n, tokens, d_model) -> (n, heads, tokens, d_model / heads)."""
         return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
 
-    def _project(self, attention: nn.MultiheadAttention, x: torch.Tensor, keys_values: bool = False):
-        w, b = attention.in_proj_weight, attention.in_proj_bias
-        if keys_values:
-            key, value = F.linear(x, w[self.width:], None if b is None else b[self.width:]).chunk(2, -1)
-            return self._split(key), self._split(value)
-        return [self._split(part) for part in F.linear(x, w, b).chunk(3, -1)]
+    def _project(self, attention: nn.MultiheadAttention, x: torch.Tensor, parts: slice) -> list[torch.Tensor]:
+        """``x`` through ``parts`` of the packed query/key/value projection (0: query, 1: key,
+        2: value), split into heads."""
+        rows = slice(parts.start * self.width, parts.stop * self.width)
+        bias = None if attention.in_proj_bias is None else attention.in_proj_bias[rows]
+        projected = F.linear(x, attention.in_proj_weight[rows], bias)
+        return [self._split(part) for part in projected.chunk(parts.stop - parts.start, -1)]
 
     def _attend(self, attention: nn.MultiheadAttention, query, key, value, mask=None) -> torch.Tensor:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
@@ -53,7 +54,7 @@ class DecoderCache:
         output states. Beams not in ``live`` get zero keys/values (they are never extended)."""
         x = inputs.unsqueeze(1)
         for i, layer in enumerate(self.layers):
-            query, key, value = self._project(layer.self_attn, layer.norm1(x))
+            query, key, value = self._project(layer.self_attn, layer.norm1(x), slice(0, 3))
             full_key = torch.zeros(self.beams, *key.shape[1:], dtype=key.dtype, device=key.device)
             full_value = torch.zeros_like(full_key)
             full_key[live], full_value[live] = key, value
@@ -62,9 +63,7 @@ class DecoderCache:
                 full_value = torch.cat([self.past[i][1], full_value], 2)
             self.past[i] = (full_key, full_value)
             x = x + layer.dropout1(self._attend(layer.self_attn, query, full_key[live], full_value[live]))
-            query = self._split(F.linear(layer.norm2(x), layer.multihead_attn.in_proj_weight[:self.width],
-                                         None if layer.multihead_attn.in_proj_bias is None
-                                         else layer.multihead_attn.in_proj_bias[:self.width]))
+            query, = self._project(layer.multihead_attn, layer.norm2(x), slice(0, 1))
             key, value = self.cross[i]
             x = x + layer.dropout2(self._attend(layer.multihead_attn, query, key[rows], value[rows], self.attend[rows]))
             feed = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm3(x)))))
