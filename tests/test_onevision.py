@@ -319,10 +319,10 @@ def test_visual_bias_follows_the_photos_nearest_catalogue_views(tiny_root, tmp_p
     config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path)
     model.eval()
     batch = next(iter(test))[0]
-    photos = model.photo_unit[batch["query_id"]]
-    similarity = model.node_similarity(photos)
+    photos = model.catalogue.photos[batch["query_id"]]
+    similarity = model.catalogue.nodes(photos)
     # each node's similarity is the best cosine between the photo and any view of an item under it
-    cosine = photos @ model.view_unit.T
+    cosine = photos @ model.catalogue.views.T
     for level in range(model.levels):
         nodes = model.trie.item_nodes(level)
         for node in torch.unique(nodes[1:])[:20].tolist():
@@ -331,9 +331,9 @@ def test_visual_bias_follows_the_photos_nearest_catalogue_views(tiny_root, tmp_p
             assert torch.allclose(similarity[level][:, node], cosine[:, views].max(1).values, atol=1e-6)
     # a catalogue view may not be its own neighbour
     view = torch.tensor([0])
-    own = model.node_similarity(model.view_unit[view], exclude_views=view)[-1][0, model.view_item[0]]
+    own = model.catalogue.nodes(model.catalogue.views[view], exclude_views=view)[-1][0, model.view_item[0]]
     siblings = (model.view_item == model.view_item[0]) & (torch.arange(len(model.view_item)) > 0)
-    others = model.view_unit[0] @ model.view_unit[siblings].T
+    others = model.catalogue.views[0] @ model.catalogue.views[siblings].T
     assert torch.isclose(own, others.max())
     # with the bias dominating an untrained decoder, the best beam is the visual nearest neighbour
     with torch.no_grad():
@@ -346,3 +346,43 @@ def test_visual_bias_follows_the_photos_nearest_catalogue_views(tiny_root, tmp_p
     assert not hasattr(plain, "visual_bias_log_scale") and plain.photo_similarity(batch) is None
     with pytest.raises(ValueError, match="visual_bias_scale: expected a value > 0"):
         prepare(tiny_root, tmp_path, visual_bias_scale=0.0)
+
+
+def test_path_similarity_equals_the_full_search_along_the_sid(tiny_root, tmp_path, monkeypatch):
+    """Teacher forcing reads the photo's similarity only along the target's SID (a level-0
+    table + one subtree's views): it must equal the full search's nodes at the same children."""
+    from recbole_onevision.model import catalogue_similarity
+    config, dataset, model, (train, _, _) = prepare(tiny_root, tmp_path)
+    catalogue = model.catalogue
+    monkeypatch.setattr(catalogue_similarity, "SEARCH_BLOCK", 7 * len(catalogue.views))  # several blocks
+    generator = torch.Generator().manual_seed(0)
+
+    def reference(level_nodes, items):
+        out, parent = [], torch.zeros_like(items)
+        for level in range(model.levels):
+            children = model.trie.step(level, parent)
+            out.append(level_nodes[level].gather(1, children.clamp_min(0)).masked_fill(children < 0, -1.0))
+            parent = model.trie.item_nodes(level)[items]
+        return out
+
+    batch = next(iter(train))
+    batch.interaction["query_id"][:5] = 0  # rows without a photo
+    items = torch.randint(1, dataset.item_num, (len(batch),), generator=generator)
+    expected = reference(model.photo_similarity(batch), items)
+    got = model.path_similarity(batch, items)
+    for level in range(model.levels):
+        assert got[level].shape == (len(batch), model.sizes[level])
+        assert torch.allclose(got[level], expected[level], atol=1e-6)
+    assert (got[0][:5] >= -1).all() and (got[0][:5] <= 0).all()  # flat without a photo
+    # catalogue views, each barred from matching itself
+    views = torch.randint(len(catalogue.views), (40,), generator=generator)
+    own = model.view_item[views]
+    expected = reference(catalogue.nodes(catalogue.views[views], exclude_views=views), own)
+    got = catalogue.along(views, own, of_views=True)
+    for level in range(model.levels):
+        assert torch.allclose(got[level], expected[level], atol=1e-6)
+    # the level-0 tables cover every photo and view, filled once
+    assert catalogue.photo_level0.shape == (len(catalogue.photos), catalogue.node_counts[0])
+    table = catalogue.photo_level0
+    model.path_similarity(batch, items)
+    assert catalogue.photo_level0 is table

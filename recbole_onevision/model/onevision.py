@@ -40,9 +40,9 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureType, InputType
 from torch import nn
 
+from recbole_onevision.model.catalogue_similarity import CatalogueSimilarity
 from recbole_onevision.model.decoder_cache import DecoderCache
 from recbole_onevision.model.trie import SIDTrie
-from recbole_onevision.model.visual_knn import ViewTable
 
 CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder tokens
 STAGES = ("pretrain", "sft", "dpo")  # in the order the paper trains them
@@ -178,10 +178,9 @@ class OneVision(SequentialRecommender):
         self.visual_bias = bool(config["visual_bias"]) and self.query_feature is not None and views is not None
         if not self.visual_bias:
             return
-        self.register_buffer("photo_unit", F.normalize(dataset.query_embedding.float(), dim=1), persistent=False)
-        self.register_buffer("view_unit", F.normalize(views.float(), dim=1), persistent=False)
-        self.view_table = ViewTable(self.view_unit, dataset.view_item, self.n_items)
-        self.node_counts = [int(self.trie.item_nodes(level).max()) + 1 for level in range(self.levels)]
+        photos = F.normalize(dataset.query_embedding.float(), dim=1)
+        self.catalogue = CatalogueSimilarity(photos, F.normalize(views.float(), dim=1), dataset.view_item.clone(),
+                                             self.trie, self.item_sid.clamp_min(0))
         scale = float(config["visual_bias_scale"])
         if not scale > 0:
             raise ValueError(f"config visual_bias_scale: expected a value > 0, got {scale}")
@@ -189,26 +188,24 @@ class OneVision(SequentialRecommender):
         # can move by several times in one training run (a plain scale of 10 barely moved)
         self.visual_bias_log_scale = nn.Parameter(torch.full((self.levels,), float(np.log(scale))))
 
-    def node_similarity(self, photos: torch.Tensor, exclude_views: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Per level, (rows, nodes of that level): the best cosine between each (L2-normalised)
-        photo and a view of an item under each trie node (items without views: -1); the last
-        level's nodes are the items themselves."""
-        rows = len(photos)
-        out = [self.view_table(photos, exclude_views).clamp_min(-1.0)]
-        for level in reversed(range(self.levels - 1)):  # a node's best is its children's best
-            parents = self.trie.parents(level + 1).expand(rows, -1)
-            out.insert(0, torch.full((rows, self.node_counts[level]), -1.0, device=photos.device)
-                       .scatter_reduce_(1, parents, out[0], "amax"))
-        return out
-
     def photo_similarity(self, interaction) -> list[torch.Tensor] | None:
-        """:meth:`node_similarity` of the rows' query photos (flat for rows without a photo);
+        """Per level, (rows, nodes): the rows' query photos' similarity to every trie node
+        (:meth:`CatalogueSimilarity.nodes`; flat for rows without a photo), for beam search;
         None when the visual bias is off."""
         if not self.visual_bias:
             return None
         query = interaction[self.query_field]
-        out = self.node_similarity(self.photo_unit[query])
+        out = self.catalogue.nodes(self.catalogue.photos[query])
         return [level.masked_fill((query == 0).unsqueeze(1), 0.0) for level in out]
+
+    def path_similarity(self, interaction, items: torch.Tensor) -> list[torch.Tensor] | None:
+        """Per level, (rows, codes): the rows' query photos' similarity to the children of
+        ``items``' SID prefixes (:meth:`CatalogueSimilarity.along`), for teacher forcing; None
+        when the visual bias is off. ``items`` (rows, n): rows in :meth:`_flat` order."""
+        if not self.visual_bias:
+            return None
+        n = items.shape[1] if items.dim() == 2 else 1
+        return self.catalogue.along(interaction[self.query_field].repeat(n), self._flat(items))
 
     def visual_logit_bias(self, level_similarity: torch.Tensor, level: int, children: torch.Tensor,
                           rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -327,22 +324,18 @@ class OneVision(SequentialRecommender):
         start = int(self.offsets[level])
         return self.output(states)[..., start:start + self.sizes[level]]
 
-    def sid_log_likelihood(self, memory, mask, items: torch.Tensor, similarity: list[torch.Tensor] | None = None,
-                           similarity_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def sid_log_likelihood(self, memory, mask, items: torch.Tensor,
+                           prior: list[torch.Tensor] | None = None) -> torch.Tensor:
         """(rows, levels) log-probabilities of each level of ``items``' SIDs (teacher forcing);
-        ``similarity``: the rows' :meth:`node_similarity` when the visual bias is on (row
-        ``similarity_rows[i]`` for item row ``i``, if given)."""
+        ``prior``: the rows' :meth:`path_similarity` to ``items`` when the visual bias is on."""
         targets = self.item_tokens[items]
         bos = torch.full((len(items), 1), self.bos_token, device=items.device)
         states = self.decode(memory, mask, torch.cat([bos, targets[:, :-1]], 1))
         out = []
-        parent = torch.zeros_like(items)
         for level in range(self.levels):
             logits = self.level_logits(states[:, level], level)
-            if similarity is not None:
-                children = self.trie.step(level, parent)
-                logits = logits + self.visual_logit_bias(similarity[level], level, children, similarity_rows)
-                parent = self.trie.item_nodes(level)[items]
+            if prior is not None:
+                logits = logits + self.visual_bias_log_scale[level].exp() * prior[level]
             logp = torch.log_softmax(logits, -1)
             code = targets[:, level] - self.offsets[level]
             out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
@@ -363,22 +356,24 @@ class OneVision(SequentialRecommender):
         self._reference = ({k: v.detach().clone() for k, v in self.named_parameters()}
                            if stage == "dpo" else None)
 
-    def forward(self, interaction, items: torch.Tensor,
-                similarity: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, interaction, items: torch.Tensor, prior: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Log-probability of ``items``' SIDs given ``interaction`` (summed over levels):
         ``items`` (rows,) gives (rows,); (rows, n) scores n items per row with one encoder pass.
-        ``similarity``: the rows' :meth:`photo_similarity`, when the caller has it already."""
+        ``prior``: :meth:`path_similarity` of the rows to ``items`` in :meth:`_flat` order,
+        when the caller has it already."""
         memory, mask = self.encode(interaction)
-        if similarity is None:
-            similarity = self.photo_similarity(interaction)
         n = items.shape[1] if items.dim() == 2 else 0
-        rows = None
-        if n:  # column-major: the rows' first items, then their second ones, ...
+        if n:
             memory, mask = memory.repeat(n, 1, 1), mask.repeat(n, 1)
-            rows = torch.arange(len(items), device=items.device).repeat(n)
-            items = items.T.reshape(-1)
-        likelihood = self.sid_log_likelihood(memory, mask, items, similarity, rows).sum(1)
+        if prior is None:
+            prior = self.path_similarity(interaction, items)
+        likelihood = self.sid_log_likelihood(memory, mask, self._flat(items), prior).sum(1)
         return likelihood.view(n, -1).T if n else likelihood
+
+    @staticmethod
+    def _flat(items: torch.Tensor) -> torch.Tensor:
+        """(rows, n) items column-major: the rows' first items, then their second ones, ..."""
+        return items.T.reshape(-1) if items.dim() == 2 else items
 
     def calculate_loss(self, interaction):
         if self.stage == "pretrain":
@@ -395,12 +390,11 @@ class OneVision(SequentialRecommender):
     def _sft_loss(self, interaction):
         target = interaction[self.POS_ITEM_ID]
         memory, mask = self.encode(interaction)
-        similarity = self.photo_similarity(interaction)
-        nll = -self.sid_log_likelihood(memory, mask, target, similarity).sum(1)
+        nll = -self.sid_log_likelihood(memory, mask, target, self.path_similarity(interaction, target)).sum(1)
         weight = self._row_weights(interaction, nll)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
-            loss = loss + self.visual_prior_weight * self._visual_prior_loss(interaction, similarity)
+            loss = loss + self.visual_prior_weight * self._visual_prior_loss(interaction)
         return loss
 
     def rejected_items(self, interaction) -> torch.Tensor:
@@ -420,12 +414,12 @@ class OneVision(SequentialRecommender):
         if self._reference is None:
             raise RuntimeError("dpo stage without a reference policy: call set_stage('dpo') first")
         items = torch.stack([interaction[self.POS_ITEM_ID], self.rejected_items(interaction)], 1)
-        similarity = self.photo_similarity(interaction)  # parameter-free: shared with the reference
-        policy = self(interaction, items, similarity).T  # (2, batch): chosen, rejected
+        prior = self.path_similarity(interaction, items)  # parameter-free: shared with the reference
+        policy = self(interaction, items, prior).T  # (2, batch): chosen, rejected
         training = self.training
         self.train(False)  # the reference policy without dropout
         with torch.no_grad():
-            reference = torch.func.functional_call(self, self._reference, (interaction, items, similarity)).T
+            reference = torch.func.functional_call(self, self._reference, (interaction, items, prior)).T
         self.train(training)
         margin = (policy[0] - reference[0]) - (policy[1] - reference[1])
         # + the chosen item's likelihood (as in RPO, Pang et al. 2024): pure DPO can lower both
@@ -434,28 +428,25 @@ class OneVision(SequentialRecommender):
         weight = self._row_weights(interaction, loss)
         return (loss * weight).sum() / weight.sum()
 
-    def _visual_prior_loss(self, interaction, similarity: list[torch.Tensor] | None = None):
+    def _visual_prior_loss(self, interaction):
         """Photo alone -> SID of the pictured product, and catalogue view -> its item's SID
         (as many random views as the batch has rows), so every item's SID is learnt from its
-        appearance, clicked in training or not. ``similarity``: the rows' :meth:`photo_similarity`
-        when the caller has it already."""
+        appearance, clicked in training or not."""
         terms = []
         product = self.query_product[interaction[self.query_field]]
         known = torch.nonzero(product > 0).squeeze(1)
         if len(known):
             rows = interaction[known]
-            known_similarity = (self.photo_similarity(rows) if similarity is None
-                                else [level[known] for level in similarity])
             memory, mask = self.encode(rows, context=False)
-            likelihood = self.sid_log_likelihood(memory, mask, product[known], known_similarity)
-            terms.append(-likelihood.sum(1).mean())
+            prior = self.path_similarity(rows, product[known])
+            terms.append(-self.sid_log_likelihood(memory, mask, product[known], prior).sum(1).mean())
         if self.view_feature is not None:
             views = torch.randint(len(self.view_item), (len(product),), device=product.device)
             memory, mask = self.encode_views(views)
             # a view's bias comes from the *other* views: matching itself would teach blind trust
-            view_similarity = (self.node_similarity(self.view_unit[views], exclude_views=views)
-                               if self.visual_bias else None)
-            terms.append(-self.sid_log_likelihood(memory, mask, self.view_item[views], view_similarity).sum(1).mean())
+            items = self.view_item[views]
+            prior = self.catalogue.along(views, items, of_views=True) if self.visual_bias else None
+            terms.append(-self.sid_log_likelihood(memory, mask, items, prior).sum(1).mean())
         return sum(terms) / max(len(terms), 1)
 
     @torch.no_grad()
