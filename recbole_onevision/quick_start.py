@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import time
 from logging import getLogger
 
@@ -89,6 +90,19 @@ def single_query_latency(model, test_data, queries: int, warmup: int = 5) -> dic
     return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95)), "queries": len(times)}
 
 
+def result_summary(result: dict) -> str:
+    """What a run ends with: the valid/test table, where the results went and, after training,
+    the command that evaluates the best checkpoint again without training."""
+    table = result_table({"valid": result["best_valid_result"], "test": result["test_result"]})
+    lines = [set_color("results", "yellow") + f" ({result['model']} on {result['dataset']}, "
+             f"trained {result['train_seconds']:.0f}s)", table, f"results saved to {result['results_file']}"]
+    if result["checkpoint"] and not result["evaluated_only"]:
+        lines += [f"best checkpoint: {result['checkpoint']}",
+                  f"re-evaluate it: python run.py --model={result['model']} --dataset={result['dataset']} "
+                  + shlex.quote(f"--checkpoint={result['checkpoint']}")]
+    return "\n".join(lines)
+
+
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None,
         saved=True, checkpoint: str | None = None) -> dict:
     """Build config, data, model and trainer; train; test on the best validation checkpoint.
@@ -159,7 +173,5 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     result["config"] = config
 
     if result["test_result"]:
-        table = result_table({"valid": result["best_valid_result"], "test": result["test_result"]})
-        logger.info(set_color("results", "yellow") + f" ({config['model']} on {config['dataset']}, "
-                    f"trained {train_seconds:.0f}s)\n{table}\nsaved to {results_file}")
+        logger.info(result_summary(result))
     return result

@@ -1,4 +1,5 @@
 import os
+import shlex
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from recbole_onevision import registry
 from recbole_onevision.cli import main as run_main
 from recbole_onevision.compat import SafeCheckpointMixin
 from recbole_onevision.config import Config
+from recbole_onevision.quick_start import result_summary
 
 
 class LastItemEcho(SequentialRecommender):
@@ -119,7 +121,9 @@ def test_plugin_model_trains_through_run_py(plugin_model, tmp_path, quiet_config
     assert result["model"] == "LastItemEcho" and result["config"]["learning_rate"] == 0.05
     assert result["test_result"]["recall@10"] > 0.05  # random ranking of 1682 items: ~0.006
     assert os.path.isfile(result["results_file"])
-    # the saved checkpoint evaluates to the same test result without training
-    again = run_main(["--model=LastItemEcho", "--dataset=ml-100k", f"--checkpoint={result['checkpoint']}",
-                      "--show_progress=False", "--state=WARNING", f"--checkpoint_dir={tmp_path}"])
+    # the command the run's summary ends with evaluates the saved checkpoint to the same test
+    # result without training
+    command = shlex.split(result_summary(result).splitlines()[-1].split("python run.py ")[1])
+    assert f"--checkpoint={result['checkpoint']}" in command
+    again = run_main(command + ["--show_progress=False", "--state=WARNING", f"--checkpoint_dir={tmp_path}"])
     assert again["test_result"] == result["test_result"] and again["evaluated_only"]
