@@ -65,6 +65,7 @@ for stage in ("pretrain", "sft", "dpo"):
         optimizer.step()
         seconds.append(time.perf_counter() - start)
     out[stage] = sum(seconds[1:]) / len(seconds[1:])
+    out[stage + "_first"] = seconds[0]  # the warm-up batch: one-off work (e.g. the visual bias's tables)
     out["train_batch"] = len(batch)
 model.eval()
 seconds = []
@@ -156,6 +157,12 @@ def report(best: dict, trees: dict, args, overrides) -> str:
         cells = " | ".join(f"{best[rev][key]:.3f} s" for rev in best)
         minutes = last[key] * total / last[batch] / 60
         lines.append(f"| {key} | {cells} | {last[key] / first[key]:.2f}x | {minutes:.1f} per {what} |")
+    firsts = [key for key in ("pretrain_first", "sft_first", "dpo_first") if key in first and key in last]
+    if firsts:
+        lines += ["", "First (warm-up) batch of each stage, not in the means above: one-off work such as "
+                  "the visual bias's level-0 tables lands there.", "",
+                  f"| first batch | {head} |", "|---" * (len(best) + 1) + "|"]
+        lines += [f"| {key[:-6]} | " + " | ".join(f"{best[rev][key]:.1f} s" for rev in best) + " |" for key in firsts]
     return "\n".join(lines)
 
 
