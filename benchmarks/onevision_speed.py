@@ -50,7 +50,7 @@ def batches(loader, n):  # n batches, the first ones again if the split has fewe
 
 
 for stage in ("pretrain", "sft", "dpo"):
-    if not model.supports_stage(stage):
+    if not model.supports_stage(stage) or not args["batches"]:
         continue
     init_seed(config["seed"], True)
     train.generator.manual_seed(config["seed"])
@@ -85,7 +85,7 @@ def parse(argv):
     parser.add_argument("--revisions", required=True, help="comma-separated git revisions (HEAD, a hash, a tag)")
     parser.add_argument("--dataset", default="mvshop-small")
     parser.add_argument("--data_path", default=os.path.join(ROOT, "dataset"))
-    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=6, help="training batches per stage; 0: decoding only")
     parser.add_argument("--eval_batches", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -93,8 +93,8 @@ def parse(argv):
     bad = [a for a in overrides if not (a.startswith("--") and "=" in a)]
     if bad:
         parser.error(f"unrecognised arguments {bad}: overrides must look like --key=value")
-    if min(args.batches, args.eval_batches, args.rounds, args.threads) < 1:
-        parser.error("--batches, --eval_batches, --rounds and --threads must be at least 1")
+    if min(args.eval_batches, args.rounds, args.threads) < 1 or args.batches < 0:
+        parser.error("--eval_batches, --rounds and --threads must be at least 1, --batches at least 0")
     return args, overrides
 
 
@@ -144,7 +144,7 @@ def report(best: dict, trees: dict, args, overrides) -> str:
     head = " | ".join(f"{rev} ({trees[rev][0]})" for rev in best)
     lines = [f"OneVision speed on {args.dataset}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
              f"{datetime.date.today()}; overrides {' '.join(overrides) or 'none'}",
-             f"train batch {first['train_batch']} rows ({rows_per_epoch} per epoch), eval batch {first['eval_batch']} "
+             f"train batch {first.get('train_batch', '-')} rows ({rows_per_epoch} per epoch), eval batch {first['eval_batch']} "
              f"rows ({valid_rows} per validation pass); best of {args.rounds} rounds",
              "", f"| step | {head} | ratio last/first | estimate for the last (min) |",
              "|---" * (len(best) + 3) + "|"]

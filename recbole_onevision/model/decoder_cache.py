@@ -30,7 +30,7 @@ class DecoderCache:
         self.cross = [self._project(layer.multihead_attn, memory, slice(1, 3)) for layer in self.layers]
         self.attend = (~mask)[:, None, None, :]  # (rows, 1, 1, tokens): True = attend
         self.past: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
-        self.beams = len(memory)  # one beam per row before the first step
+        self.rows = self.beams = len(memory)  # one beam per row before the first step
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(n, tokens, d_model) -> (n, heads, tokens, d_model / heads)."""
@@ -48,6 +48,19 @@ class DecoderCache:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         return attention.out_proj(out.transpose(1, 2).reshape(out.shape[0], -1, self.width))
 
+    def _cross_attend(self, attention: nn.MultiheadAttention, query: torch.Tensor, memory: list[torch.Tensor],
+                      live: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Cross-attention of the live beams' queries (live, heads, 1, dh) to their rows' memory.
+        A row's beams attend to the same keys and values, so they go in as that row's query
+        positions (rows, heads, beams per row, dh) instead of copying the memory per beam."""
+        key, value = memory
+        column = live - rows * (self.beams // self.rows)  # each live beam's place among its row's
+        dense = query.new_zeros(self.rows, self.beams // self.rows, *query.shape[1:2], query.shape[3])
+        dense[rows, column] = query.squeeze(2)
+        out = F.scaled_dot_product_attention(dense.transpose(1, 2), key, value, attn_mask=self.attend)
+        out = out.transpose(1, 2)[rows, column]  # (live, heads, dh)
+        return attention.out_proj(out.reshape(len(live), 1, self.width))
+
     def step(self, inputs: torch.Tensor, live: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Decode one position for the beams ``live`` (indices into the current beams), whose
         memory rows are ``rows``: ``inputs`` (live, d_model) embedded tokens -> (live, d_model)
@@ -64,8 +77,7 @@ class DecoderCache:
             self.past[i] = (full_key, full_value)
             x = x + layer.dropout1(self._attend(layer.self_attn, query, full_key[live], full_value[live]))
             query, = self._project(layer.multihead_attn, layer.norm2(x), slice(0, 1))
-            key, value = self.cross[i]
-            x = x + layer.dropout2(self._attend(layer.multihead_attn, query, key[rows], value[rows], self.attend[rows]))
+            x = x + layer.dropout2(self._cross_attend(layer.multihead_attn, query, self.cross[i], live, rows))
             feed = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm3(x)))))
             x = x + layer.dropout3(feed)
         if self.decoder.norm is not None:
