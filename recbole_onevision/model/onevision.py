@@ -42,6 +42,7 @@ from torch import nn
 
 from recbole_onevision.model.catalogue_similarity import CatalogueSimilarity
 from recbole_onevision.model.decoder_cache import DecoderCache
+from recbole_onevision.model.packed_encoder import PackedEncoderLayer
 from recbole_onevision.model.trie import SIDTrie
 
 CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder tokens
@@ -97,7 +98,7 @@ class OneVision(SequentialRecommender):
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
         self.encoder = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(d, heads, ffn, dropout, batch_first=True, norm_first=True),
+            PackedEncoderLayer(d, heads, ffn, dropout, batch_first=True, norm_first=True),
             config["encoder_layers"], norm=nn.LayerNorm(d), enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(
             nn.TransformerDecoderLayer(d, heads, ffn, dropout, batch_first=True, norm_first=True),
