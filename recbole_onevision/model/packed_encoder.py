@@ -1,11 +1,11 @@
 """A pre-norm transformer encoder layer whose feed-forward block skips absent tokens.
 
 OneVision's encoder rows are mostly padding while training: a history of up to 20 items where
-most users have a handful (Beauty: ~7 of 21 tokens present on average), and the feed-forward
-block (two matrix products of width ``ffn_size`` and a dropout mask over them) is most of a
-layer's work. Absent tokens are masked keys, so nothing present ever reads them; running the
-feed-forward block on the present tokens alone leaves every present token's output unchanged.
-Absent tokens keep their attention-updated state (read by nothing).
+most users have a handful (Beauty's training rows: 7.7 of 21 tokens present on average), and
+the feed-forward block (two matrix products of width ``ffn_size`` and a dropout mask over them)
+is most of a layer's work. Absent tokens are masked keys, so nothing present ever reads them;
+running the feed-forward block on the present tokens alone leaves every present token's output
+unchanged. Absent tokens keep their attention-updated state (read by nothing).
 """
 from __future__ import annotations
 
