@@ -156,12 +156,21 @@ def plot(rows: dict, path: str) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (dataset, model), r in rows.items():
-        ax.errorbar(r["p50"], np.mean(r[QUALITY]), yerr=np.std(r[QUALITY]) if r["seeds"] > 1 else None,
-                    fmt="o", capsize=3)
-        ax.annotate(f"{model} ({dataset})", (r["p50"], np.mean(r[QUALITY])), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+    datasets = {dataset for dataset, _ in rows}
+    heights = [np.mean(r[QUALITY]) for r in rows.values()]
+    span = (max(heights) - min(heights)) or 1.0
+    placed: list[float] = []
+    for ((dataset, model), r), y in zip(rows.items(), heights):
+        ax.errorbar(r["p50"], y, yerr=np.std(r[QUALITY]) if r["seeds"] > 1 else None, fmt="o", capsize=3)
+        # labels of points at about the same height go one under the other, not on top
+        below = sum(abs(y - other) < 0.04 * span for other in placed)
+        placed.append(y)
+        ax.annotate(model if len(datasets) == 1 else f"{model} ({dataset})", (r["p50"], y),
+                    textcoords="offset points", xytext=(5, 3 - 11 * below), fontsize=8)
+    if len(datasets) == 1:
+        ax.set_title(next(iter(datasets)))
     ax.set_xscale("log")
+    ax.margins(x=0.15)  # room for the rightmost point's label
     ax.set_xlabel("single-query latency p50 (ms, log scale)")
     ax.set_ylabel(f"test {QUALITY}")
     ax.grid(alpha=0.3)
