@@ -54,8 +54,9 @@ class DecoderCache:
         A row's beams attend to the same keys and values, so they go in as that row's query
         positions (rows, heads, beams per row, dh) instead of copying the memory per beam."""
         key, value = memory
-        column = live - rows * (self.beams // self.rows)  # each live beam's place among its row's
-        dense = query.new_zeros(self.rows, self.beams // self.rows, *query.shape[1:2], query.shape[3])
+        per_row = self.beams // self.rows
+        column = live - rows * per_row  # each live beam's place among its row's
+        dense = query.new_zeros(self.rows, per_row, query.shape[1], query.shape[3])
         dense[rows, column] = query.squeeze(2)
         out = F.scaled_dot_product_attention(dense.transpose(1, 2), key, value, attn_mask=self.attend)
         out = out.transpose(1, 2)[rows, column]  # (live, heads, dh)
