@@ -6,9 +6,10 @@
 Every cell (dataset, model, seed) is one ``run.py`` child process (so its peak memory is its
 own) that trains, tests and times ``latency_queries`` single-query predictions; its result JSON
 is kept under ``<out>/cells/<dataset>/<model>/seed<seed>-<hash>/result.json``, the hash being
-of the overrides and of the plugin's code and default configs. A cell whose JSON exists is not
-run again, so an interrupted grid resumes where it stopped (with other overrides or after a
-code change, the cells are new). The report
+of the overrides and of the plugin's code and default configs that the model runs (other plugin
+models' files aside). A cell whose JSON exists is not run again, so an interrupted grid resumes
+where it stopped (with other overrides or after a change to code the model runs, its cells are
+new; changing OneVision does not rerun SASRec). The report
 (``<out>/benchmark.md``) holds per dataset and model the test metrics (mean ± std over seeds),
 training time, latency p50/p95, peak memory, and, with two or more seeds, whether each model's
 difference to the best one is significant (Welch's t-test, p < 0.05); ``<out>/benchmark.png``
@@ -18,6 +19,7 @@ fit, few timed queries. ``--key=value`` overrides go to every run.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import hashlib
 import json
@@ -37,20 +39,63 @@ METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 QUALITY = "ndcg@10"  # the plot's y axis and the significance tests' metric
 
 
-def code_digest() -> str:
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+MODEL_DIR = os.path.join(PLUGIN_DIR, "model")
+
+
+def _model_imports(path: str) -> dict[str, str]:
+    """Names the Python file at ``path`` imports from ``recbole_onevision.model.*`` -> module."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    return {alias.name: node.module for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recbole_onevision.model.")
+            for alias in node.names}
+
+
+def model_files(model: str) -> set[str]:
+    """The files under ``model/`` that plugin model ``model`` runs: its module and what that
+    imports from there, transitively. Empty for RecBole's own models."""
+    module = _model_imports(os.path.join(MODEL_DIR, "__init__.py")).get(model)
+    todo, files = [module] if module else [], set()
+    while todo:
+        path = os.path.join(PLUGIN_DIR, *todo.pop().split(".")[1:]) + ".py"
+        if path not in files:
+            files.add(path)
+            todo.extend(_model_imports(path).values())
+    return files
+
+
+def code_digest(model: str | None = None) -> str:
     """A hash of the plugin's Python code and default configs (this report module aside): what
-    a result depends on besides the command line."""
-    root = os.path.dirname(os.path.abspath(__file__))
+    a result depends on besides the command line. With ``model``, other models' files (their
+    modules under ``model/`` and their ``properties/model/*.yaml``) are left out, so changing
+    one model does not make the grid rerun every other one."""
+    own = model_files(model) | {os.path.join(PLUGIN_DIR, "properties", "model", f"{model}.yaml")} if model else None
+    model_specific = (MODEL_DIR, os.path.join(PLUGIN_DIR, "properties", "model"))
     digest = hashlib.sha1()
-    for folder, subfolders, files in os.walk(root):
+    for folder, subfolders, files in os.walk(PLUGIN_DIR):
         subfolders[:] = sorted(f for f in subfolders if f != "__pycache__")
         for name in sorted(files):
             path = os.path.join(folder, name)
-            if name.endswith((".py", ".yaml")) and path != os.path.abspath(__file__):
-                digest.update(os.path.relpath(path, root).encode())
-                with open(path, "rb") as f:
-                    digest.update(f.read())
+            if not name.endswith((".py", ".yaml")) or path == os.path.abspath(__file__):
+                continue
+            if own is not None and folder in model_specific and name != "__init__.py" and path not in own:
+                continue
+            digest.update(os.path.relpath(path, PLUGIN_DIR).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
     return digest.hexdigest()[:12]
+
+
+def git_revision() -> str:
+    """`` (git <commit>[, modified])`` of the checkout the plugin runs from, or ``""`` outside git."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=PLUGIN_DIR, capture_output=True, text=True,  # noqa: E731
+                                        check=True, timeout=10).stdout.strip()
+        commit, changes = run("rev-parse", "--short", "HEAD"), run("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f" (git {commit}{', modified' if changes else ''})"
 
 
 def cell_dir(out: str, dataset: str, model: str, seed: int, overrides: list[str], code: str) -> str:
@@ -91,6 +136,7 @@ def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str]
     with open(os.path.join(folder, written[-1])) as f:
         result = json.load(f)
     result["wall_seconds"] = time.time() - start
+    result["plugin_code"] = code
     atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
     log(f"{dataset} / {model} / seed {seed}: test {QUALITY} {result['test_result'][QUALITY]:.4f} "
         f"in {result['wall_seconds']:.0f}s")
@@ -210,8 +256,9 @@ def main(argv=None) -> dict:
     def log(message):
         print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    code = code_digest()
-    log(f"plugin code digest {code}: cells made by this code and these overrides are reused")
+    code = {model: code_digest(model) for model in models}
+    log("plugin code digests " + ", ".join(f"{m} {c}" for m, c in code.items())
+        + ": cells made by this code and these overrides are reused")
     total, results = len(models) * len(datasets) * len(seeds), {}
     n = 0
     for dataset in datasets:
@@ -220,14 +267,15 @@ def main(argv=None) -> dict:
                 n += 1
                 log(f"cell {n}/{total}")
                 results.setdefault((dataset, model), []).append(
-                    run_cell(args.out, dataset, model, seed, overrides, code, log))
+                    run_cell(args.out, dataset, model, seed, overrides, code[model], log))
     rows = summarise(results)
     import torch
 
     header = (f"# Benchmark\n\n`python -m recbole_onevision.benchmark {' '.join(argv if argv is not None else sys.argv[1:])}`"
               f"\n\n{datetime.date.today()}; {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), "
               f"Python {platform.python_version()}, torch {torch.__version__}, RecBole "
-              f"{__import__('recbole').__version__}, NumPy {np.__version__}; plugin code {code}; "
+              f"{__import__('recbole').__version__}, NumPy {np.__version__}; plugin code "
+              f"{', '.join(f'{m} {c}' for m, c in code.items())}{git_revision()}; "
               f"seeds {', '.join(map(str, seeds))}"
               + ("; --quick (smoke run, not a result)" if args.quick else ""))
     report = markdown(rows, header)

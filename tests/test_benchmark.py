@@ -41,6 +41,29 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     assert same != benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=2"], "code-a")
 
 
+def test_code_digest_follows_the_files_each_model_runs(tmp_path, monkeypatch):
+    copy = tmp_path / "recbole_onevision"
+    shutil.copytree(benchmark.PLUGIN_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(benchmark, "PLUGIN_DIR", str(copy))
+    monkeypatch.setattr(benchmark, "MODEL_DIR", str(copy / "model"))
+    models = ("OneVision", "MCA", "VisualKNN", "SASRec")
+    digests = lambda: {m: benchmark.code_digest(m) for m in models}  # noqa: E731
+
+    def changed_by(path):
+        before = digests()
+        with open(copy / path, "a") as f:
+            f.write("\n# changed\n")
+        after = digests()
+        return {m for m in models if after[m] != before[m]}
+
+    assert changed_by("model/onevision.py") == {"OneVision"}
+    assert changed_by("properties/model/OneVision.yaml") == {"OneVision"}
+    # imported by OneVision only through catalogue_similarity.py: followed transitively
+    assert changed_by("model/visual_knn.py") == {"OneVision", "MCA", "VisualKNN"}
+    assert changed_by("trainer.py") == set(models)  # shared code: every model's cells are new
+    assert changed_by("properties/overall.yaml") == set(models)
+
+
 def test_welch_p_separates_clear_differences_only():
     assert welch_p([0.5, 0.51, 0.49], [0.30, 0.31, 0.29]) < 0.01
     assert welch_p([0.5, 0.52, 0.48], [0.51, 0.49, 0.50]) > 0.5
