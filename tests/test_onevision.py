@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from recbole.data import data_preparation
+from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_onevision.config import Config
@@ -154,6 +155,25 @@ def test_onevision_without_photos_or_profile_runs_on_ml100k(tmp_path):
     model.eval()
     row = model.full_sort_predict(next(iter(test))[0])
     assert (torch.isfinite(row).sum(1) == config["beam_size"]).all()
+
+
+@pytest.mark.parametrize("item_embedding", [False, True])
+def test_history_item_embedding_tells_apart_items_with_the_same_sid(tiny_root, tmp_path, item_embedding):
+    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=item_embedding)
+    batch = next(iter(train))
+    if item_embedding:  # learned: the rows of items read in the histories move
+        before = model.history_item_embedding.weight.detach().clone()
+        train_steps(model, [batch], 3)
+        moved = (model.history_item_embedding.weight != before).any(1)
+        assert moved[batch["item_id_list"].unique()[1:]].all() and not moved[0]
+    model.eval()
+    seq = batch["item_id_list"]
+    a = int(seq[0, 0])
+    b = next(i for i in range(1, model.n_items) if i not in seq[0].tolist())
+    model.item_tokens[b] = model.item_tokens[a]  # b's SID now reads as a's
+    swapped = Interaction({**batch.interaction, "item_id_list": torch.where(seq == a, b, seq)})
+    same = torch.allclose(model.encode(batch)[0][0], model.encode(swapped)[0][0])
+    assert same != item_embedding
 
 
 def test_beam_smaller_than_topk_is_rejected(tiny_root, tmp_path):

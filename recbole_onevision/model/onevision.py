@@ -95,6 +95,9 @@ class OneVision(SequentialRecommender):
                             if self.behaviour_field else -1)
         self.order_weight = float(config["order_weight"])
         self.recency_embedding = nn.Embedding(self.max_seq_length + 1, d)
+        # an embedding per past item on top of its SID's: what items alone (not their codes) say
+        self.history_item_embedding = (nn.Embedding(self.n_items, d, padding_idx=0)
+                                       if config["history_item_embedding"] else None)
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
         self.encoder = nn.TransformerEncoder(
@@ -261,6 +264,8 @@ class OneVision(SequentialRecommender):
             length = interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
             recency = (length - 1 - torch.arange(seq.shape[1], device=seq.device)).clamp(0, self.max_seq_length)
             history = history + self.recency_embedding(recency)
+            if self.history_item_embedding is not None:
+                history = history + self.history_item_embedding(seq)
             if self.behaviour_field:
                 history = history + self.behaviour_embedding(interaction[self.behaviour_field + "_list"])
             parts.append(self._segment(history, HISTORY))
