@@ -14,7 +14,9 @@ new; changing OneVision does not rerun SASRec). The report
 training time, latency p50/p95, peak memory, and, with two or more seeds, whether each model's
 difference to the best one is significant (Welch's t-test, p < 0.05); ``<out>/benchmark.png``
 plots quality against latency. ``--quick`` is a smoke run: one epoch per stage, a short VRQ
-fit, few timed queries. ``--key=value`` overrides go to every run.
+fit, few timed queries. ``--report`` runs nothing and reports the cells finished so far (a grid
+too long for one sitting, run a part at a time), naming the missing ones. ``--key=value``
+overrides go to every run.
 """
 from __future__ import annotations
 
@@ -105,14 +107,23 @@ def cell_dir(out: str, dataset: str, model: str, seed: int, overrides: list[str]
     return os.path.join(out, "cells", dataset, model, f"seed{seed}-{settings}")
 
 
+def finished_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str], code: str) -> dict | None:
+    """The cell's result if an earlier run finished it, else None."""
+    result_file = os.path.join(cell_dir(out, dataset, model, seed, overrides, code), "result.json")
+    if not os.path.isfile(result_file):
+        return None
+    with open(result_file) as f:
+        return json.load(f)
+
+
 def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str], code: str, log) -> dict:
     """Run one cell in a child process unless its result exists; return the result."""
     folder = cell_dir(out, dataset, model, seed, overrides, code)
     result_file = os.path.join(folder, "result.json")
-    if os.path.isfile(result_file):
+    done = finished_cell(out, dataset, model, seed, overrides, code)
+    if done is not None:
         log(f"{dataset} / {model} / seed {seed}: done before, reusing {result_file}")
-        with open(result_file) as f:
-            return json.load(f)
+        return done
     os.makedirs(folder, exist_ok=True)
     command = [sys.executable, "-m", "recbole_onevision.cli", f"--model={model}", f"--dataset={dataset}",
                f"--seed={seed}", f"--checkpoint_dir={folder}", "--show_progress=False", *overrides]
@@ -236,6 +247,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", default="2020", help="comma-separated; 2+ give mean ± std and t-tests")
     parser.add_argument("--out", default=os.path.join("results", "benchmark"))
     parser.add_argument("--quick", action="store_true", help="smoke run: one epoch per stage, short VRQ fit")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: write the table and plot of the cells finished so far, naming the missing ones")
     parser.add_argument("--latency_queries", type=int, default=None,
                         help="single queries timed per cell (default 200; 20 with --quick)")
     args, overrides = parser.parse_known_args(argv)
@@ -259,15 +272,23 @@ def main(argv=None) -> dict:
     code = {model: code_digest(model) for model in models}
     log("plugin code digests " + ", ".join(f"{m} {c}" for m, c in code.items())
         + ": cells made by this code and these overrides are reused")
-    total, results = len(models) * len(datasets) * len(seeds), {}
+    total, results, missing = len(models) * len(datasets) * len(seeds), {}, []
     n = 0
     for dataset in datasets:
         for model in models:
             for seed in seeds:
                 n += 1
-                log(f"cell {n}/{total}")
-                results.setdefault((dataset, model), []).append(
-                    run_cell(args.out, dataset, model, seed, overrides, code[model], log))
+                if args.report:
+                    result = finished_cell(args.out, dataset, model, seed, overrides, code[model])
+                    if result is None:
+                        missing.append(f"{dataset} / {model} / seed {seed}")
+                        continue
+                else:
+                    log(f"cell {n}/{total}")
+                    result = run_cell(args.out, dataset, model, seed, overrides, code[model], log)
+                results.setdefault((dataset, model), []).append(result)
+    if not results:
+        parser.error(f"--report: no finished cell of this grid under {args.out} (same overrides, same code)")
     rows = summarise(results)
     import torch
 
@@ -277,7 +298,8 @@ def main(argv=None) -> dict:
               f"{__import__('recbole').__version__}, NumPy {np.__version__}; plugin code "
               f"{', '.join(f'{m} {c}' for m, c in code.items())}{git_revision()}; "
               f"seeds {', '.join(map(str, seeds))}"
-              + ("; --quick (smoke run, not a result)" if args.quick else ""))
+              + ("; --quick (smoke run, not a result)" if args.quick else "")
+              + (f"\n\n**Partial: {len(missing)} of {total} cells not run yet:** {'; '.join(missing)}." if missing else ""))
     report = markdown(rows, header)
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "benchmark.md"), report)

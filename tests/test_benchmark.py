@@ -33,6 +33,10 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     main(argv)
     assert capsys.readouterr().out.count("done before, reusing") == 4
     assert [p.stat().st_mtime for p in logs] == stamps
+    # --report runs nothing: the finished cells' table, the missing ones named
+    partial = main([*argv[:2], "VisualKNN,MCA,Pop", *argv[3:], "--report"])
+    assert set(partial) == set(rows) and [p.stat().st_mtime for p in logs] == stamps
+    assert "2 of 6 cells not run yet:** tinyshop / Pop / seed 1; tinyshop / Pop / seed 2." in (out / "benchmark.md").read_text()
     # other plugin code makes other cells: results of older code are never reused
     assert benchmark.code_digest() == benchmark.code_digest()
     same = benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
