@@ -174,6 +174,10 @@ def test_history_item_embedding_tells_apart_items_with_the_same_sid(tiny_root, t
     swapped = Interaction({**batch.interaction, "item_id_list": torch.where(seq == a, b, seq)})
     same = torch.allclose(model.encode(batch)[0][0], model.encode(swapped)[0][0])
     assert same != item_embedding
+    # a checkpoint made the other way round is refused with the setting to use
+    _, _, other, _ = prepare(tiny_root, tmp_path, history_item_embedding=not item_embedding)
+    with pytest.raises(ValueError, match=f"--history_item_embedding={item_embedding}"):
+        other.load_state_dict(model.state_dict())
 
 
 def test_beam_smaller_than_topk_is_rejected(tiny_root, tmp_path):

@@ -137,6 +137,11 @@ class OneVision(SequentialRecommender):
                 f"({tuple(saved.shape)} vs {tuple(self.item_sid.shape)} items x levels, or other codes). "
                 "Load it with the config it was trained with (vrq_* keys, seed) and the same VRQ "
                 "cache; SIDs fitted on a GPU can differ from run to run.")
+        has_items = "history_item_embedding.weight" in state_dict
+        if strict and has_items != (self.history_item_embedding is not None):
+            raise ValueError(f"OneVision checkpoint: it was trained with history_item_embedding: {has_items}, "
+                             f"this model has {not has_items}; set `--history_item_embedding={has_items}` "
+                             "(checkpoints from before 2bb9e96 have none)")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----- inputs --------------------------------------------------------------------------
