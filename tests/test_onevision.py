@@ -55,6 +55,7 @@ def test_trie_only_continues_real_sids():
 
 def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path):
     config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path)
+    assert model.history_item_embedding is None  # auto: off with query photos
     model.eval()
     batch = next(iter(test))[0]
     items, scores = model.generate(batch)
@@ -149,6 +150,7 @@ def test_onevision_without_photos_or_profile_runs_on_ml100k(tmp_path):
     train, _, test = data_preparation(config, create_dataset(config))
     model = get_model("OneVision")(config, train._dataset)
     assert model.query_feature is None and model.profile_fields == []
+    assert model.history_item_embedding is not None  # auto: on without query photos
     loss = model.calculate_loss(next(iter(train)))
     loss.backward()
     assert torch.isfinite(loss)
