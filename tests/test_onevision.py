@@ -53,9 +53,22 @@ def test_trie_only_continues_real_sids():
         SIDTrie(torch.tensor([[-1, -1], [0, 1], [0, 1]]), [2, 2])
 
 
-def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path):
-    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path)
-    assert model.history_item_embedding is None  # auto: off with query photos
+def mean_item_vectors(model, level: int) -> torch.Tensor:
+    """(nodes, d) each trie node's mean item embedding, from a membership matrix."""
+    nodes = model.trie.item_nodes(level)[1:]
+    member = torch.zeros(int(nodes.max()) + 1, len(nodes))
+    member[nodes, torch.arange(len(nodes))] = 1.0
+    return member / member.sum(1, keepdim=True).clamp_min(1) @ model.history_item_embedding.weight[1:]
+
+
+@pytest.mark.parametrize("item_output", [False, True])
+def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path, item_output):
+    extra = {"history_item_embedding": True, "item_output": True} if item_output else {}
+    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, **extra)
+    if item_output:  # trained vectors, not the near-zero initial ones, so the term matters
+        torch.nn.init.normal_(model.history_item_embedding.weight, std=1.0)
+    else:
+        assert model.history_item_embedding is None and not model.item_output  # auto: off with photos
     model.eval()
     batch = next(iter(test))[0]
     items, scores = model.generate(batch)
@@ -80,6 +93,9 @@ def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path)
         child = model.trie.step(level, parent)
         logits = model.level_logits(states[:, level], level)
         logits = logits + model.visual_logit_bias(similarity[level][rows], level, child)  # rows copied
+        if item_output:
+            vectors = mean_item_vectors(model, level)[child.clamp_min(0)]
+            logits = logits + (states[:, level].unsqueeze(1) * vectors).sum(2) * (child >= 0)
         logp = torch.log_softmax(logits.masked_fill(child < 0, -1e9), -1)
         total += logp.gather(1, (targets[:, level] - model.offsets[level]).unsqueeze(1)).squeeze(1)
         parent = model.trie.item_nodes(level)[best]
@@ -180,6 +196,25 @@ def test_history_item_embedding_tells_apart_items_with_the_same_sid(tiny_root, t
     _, _, other, _ = prepare(tiny_root, tmp_path, history_item_embedding=not item_embedding)
     with pytest.raises(ValueError, match=f"--history_item_embedding={item_embedding}"):
         other.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("item_output", [False, True])
+def test_item_output_trains_the_item_vectors_of_targets(tiny_root, tmp_path, item_output):
+    """With item_output the decoder's logits read the item embeddings, so a target item's row
+    is trained even when no history holds it; without it only history items' rows are."""
+    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=item_output)
+    batch = next(iter(train))
+    model.calculate_loss(batch).backward()
+    grad = model.history_item_embedding.weight.grad.abs().sum(1)
+    only_targets = sorted(set(batch["item_id"].tolist()) - set(batch["item_id_list"].view(-1).tolist()))
+    assert only_targets
+    assert bool((grad[only_targets] > 0).all()) == item_output
+    assert (grad[only_targets] == 0).all() != item_output
+
+
+def test_item_output_needs_the_history_item_embedding(tiny_root, tmp_path):
+    with pytest.raises(ValueError, match="item_output: True needs history_item_embedding: True"):
+        prepare(tiny_root, tmp_path, history_item_embedding=False, item_output=True)
 
 
 def test_beam_smaller_than_topk_is_rejected(tiny_root, tmp_path):

@@ -100,6 +100,17 @@ class OneVision(SequentialRecommender):
         use = config["history_item_embedding"]
         use = self.query_feature is None if use is None else bool(use)
         self.history_item_embedding = nn.Embedding(self.n_items, d, padding_idx=0) if use else None
+        # the same vectors as output ones: a code's logit also gets the decoder state's dot product
+        # with the mean embedding of the items under the SID prefix that code leads to
+        output = config["item_output"]
+        self.item_output = use if output is None else bool(output)
+        if self.item_output and not use:
+            raise ValueError("config item_output: True needs history_item_embedding: True (it reuses its vectors)")
+        if self.item_output:
+            for level in range(self.levels - 1):  # the last level's nodes are the items
+                nodes = self.trie.item_nodes(level)[1:]
+                self.register_buffer(f"node_size{level}", torch.bincount(nodes).clamp_min(1).unsqueeze(1).float(),
+                                     persistent=False)
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
         self.encoder = nn.TransformerEncoder(
@@ -333,6 +344,29 @@ class OneVision(SequentialRecommender):
         causal = torch.triu(torch.full((steps, steps), float("-inf"), device=tokens.device), 1)
         return self.decoder(self.input_dropout(y), memory, tgt_mask=causal, memory_key_padding_mask=mask)
 
+    def node_vectors(self) -> list[torch.Tensor] | None:
+        """Per level, (nodes, d_model): the mean item embedding of each trie node's items (the
+        last level's nodes are the items themselves); None without ``item_output``."""
+        if not self.item_output:
+            return None
+        items = self.history_item_embedding.weight
+        out = []
+        for level in range(self.levels - 1):
+            nodes = self.trie.item_nodes(level)[1:]
+            size = getattr(self, f"node_size{level}")
+            out.append(items.new_zeros(len(size), items.shape[1]).index_add(0, nodes, items[1:]) / size)
+        return out + [items]
+
+    @staticmethod
+    def node_logits(states: torch.Tensor, vectors: torch.Tensor, children: torch.Tensor) -> torch.Tensor:
+        """(rows, codes): each row's state dotted with the vector of the node each code leads to
+        (``children``, -1: no such SID, 0). Only real children are computed: below the first
+        level most codes continue no SID."""
+        rows, codes = torch.nonzero(children >= 0, as_tuple=True)
+        out = states.new_zeros(children.shape)
+        out[rows, codes] = (states[rows] * vectors[children[rows, codes]]).sum(1)
+        return out
+
     def level_logits(self, states: torch.Tensor, level: int) -> torch.Tensor:
         start = int(self.offsets[level])
         return self.output(states)[..., start:start + self.sizes[level]]
@@ -344,11 +378,15 @@ class OneVision(SequentialRecommender):
         targets = self.item_tokens[items]
         bos = torch.full((len(items), 1), self.bos_token, device=items.device)
         states = self.decode(memory, mask, torch.cat([bos, targets[:, :-1]], 1))
+        vectors, parent = self.node_vectors(), torch.zeros_like(items)
         out = []
         for level in range(self.levels):
             logits = self.level_logits(states[:, level], level)
             if prior is not None:
                 logits = logits + self.visual_bias_log_scale[level].exp() * prior[level]
+            if vectors is not None:
+                logits = logits + self.node_logits(states[:, level], vectors[level], self.trie.step(level, parent))
+                parent = self.trie.item_nodes(level)[items]
             logp = torch.log_softmax(logits, -1)
             code = targets[:, level] - self.offsets[level]
             out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
@@ -475,6 +513,7 @@ class OneVision(SequentialRecommender):
         similarity = self.photo_similarity(interaction)
         batch, device = memory.shape[0], memory.device
         cache = DecoderCache(self.decoder, memory, mask)
+        vectors = self.node_vectors()
         last = torch.full((batch, 1), self.bos_token, device=device)  # each beam's last token
         nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
         scores = torch.zeros(batch, 1, device=device)
@@ -492,6 +531,8 @@ class OneVision(SequentialRecommender):
             logits = self.level_logits(states, level)
             if similarity is not None:
                 logits = logits + self.visual_logit_bias(similarity[level], level, child[live], rows)
+            if vectors is not None:
+                logits = logits + self.node_logits(states, vectors[level], child[live])
             logits = logits.masked_fill(child[live] < 0, -1e9)
             logp = torch.log_softmax(logits, -1).masked_fill(child[live] < 0, float("-inf"))
             total = torch.full((batch * k, size), float("-inf"), device=device)
