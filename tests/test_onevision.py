@@ -212,6 +212,16 @@ def test_item_output_trains_the_item_vectors_of_targets(tiny_root, tmp_path, ite
     assert (grad[only_targets] == 0).all() != item_output
 
 
+@pytest.mark.parametrize("nodes", [6, 100])  # the matrix-product path, the real-children path
+def test_node_logits_are_state_dot_child_vector(nodes):
+    torch.manual_seed(0)
+    states, vectors = torch.randn(5, 8), torch.randn(nodes, 8)
+    children = torch.randint(-1, nodes, (5, 4))
+    expected = torch.tensor([[float(states[r] @ vectors[c]) if c >= 0 else 0.0 for c in row.tolist()]
+                             for r, row in enumerate(children)])
+    assert torch.allclose(get_model("OneVision").node_logits(states, vectors, children), expected, atol=1e-5)
+
+
 def test_item_output_needs_the_history_item_embedding(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="item_output: True needs history_item_embedding: True"):
         prepare(tiny_root, tmp_path, history_item_embedding=False, item_output=True)

@@ -360,9 +360,13 @@ class OneVision(SequentialRecommender):
     @staticmethod
     def node_logits(states: torch.Tensor, vectors: torch.Tensor, children: torch.Tensor) -> torch.Tensor:
         """(rows, codes): each row's state dotted with the vector of the node each code leads to
-        (``children``, -1: no such SID, 0). Only real children are computed: below the first
-        level most codes continue no SID."""
-        rows, codes = torch.nonzero(children >= 0, as_tuple=True)
+        (``children``, -1: no such SID, 0). Few nodes (the first level): one matrix product
+        with all of them; else only the real children, as below the first level most codes
+        continue no SID."""
+        real = children >= 0
+        if len(vectors) <= 2 * children.shape[1]:
+            return (states @ vectors.T).gather(1, children.clamp_min(0)) * real
+        rows, codes = torch.nonzero(real, as_tuple=True)
         out = states.new_zeros(children.shape)
         out[rows, codes] = (states[rows] * vectors[children[rows, codes]]).sum(1)
         return out
