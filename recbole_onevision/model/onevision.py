@@ -13,7 +13,9 @@ Any of these may be absent (an anonymous query, no photo as on Beauty, no profil
 emits the target item's SID code by code; beam search is constrained by a prefix trie to SIDs
 that exist (:class:`~recbole_onevision.model.trie.SIDTrie`), and ``full_sort_predict`` turns
 the beams into a RecBole score row (beam log-probability on the retrieved items, -inf
-elsewhere), so RecBole's evaluator and metrics apply unchanged. With ``visual_bias`` (photos and
+elsewhere), so RecBole's evaluator and metrics apply unchanged. With ``item_output`` every code's
+logit also gains the decoder state's dot product with the mean item embedding (the history's
+``history_item_embedding``) of the items under the SID prefix it leads to. With ``visual_bias`` (photos and
 catalogue views present) every code's logit also gains a learned multiple of the photo's best
 cosine to a catalogue view of an item under that code (:meth:`OneVision._init_visual_bias`).
 
