@@ -88,7 +88,7 @@ def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path,
     targets = model.item_tokens[best]
     bos = torch.full((len(best), 1), model.bos_token)
     states = model.decode(memory[rows], mask[rows], torch.cat([bos, targets[:, :-1]], 1))
-    total, parent = torch.zeros(len(best)), torch.zeros_like(best)
+    total, parent, unmasked = torch.zeros(len(best)), torch.zeros_like(best), []
     for level in range(model.levels):
         child = model.trie.step(level, parent)
         logits = model.level_logits(states[:, level], level)
@@ -97,9 +97,15 @@ def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path,
             vectors = mean_item_vectors(model, level)[child.clamp_min(0)]
             logits = logits + (states[:, level].unsqueeze(1) * vectors).sum(2) * (child >= 0)
         logp = torch.log_softmax(logits.masked_fill(child < 0, -1e9), -1)
-        total += logp.gather(1, (targets[:, level] - model.offsets[level]).unsqueeze(1)).squeeze(1)
+        code = targets[:, level] - model.offsets[level]
+        total += logp.gather(1, code.unsqueeze(1)).squeeze(1)
         parent = model.trie.item_nodes(level)[best]
+        unmasked.append(torch.log_softmax(logits, -1).gather(1, code.unsqueeze(1)).squeeze(1))
     assert torch.allclose(total.view(len(batch), 3), scores[:, :3], atol=1e-4)
+    # teacher forcing (training) adds the same terms, over the level's whole codebook
+    prior = model.path_similarity(Interaction({k: v[rows] for k, v in batch.interaction.items()}), best)
+    trained = model.sid_log_likelihood(memory[rows], mask[rows], best, prior)
+    assert torch.allclose(trained, torch.stack(unmasked, 1), atol=1e-4)
     # an anonymous query with no photo still decodes real items
     batch.interaction["query_id"] = torch.zeros_like(batch["query_id"])
     anonymous, _ = model.generate(batch)
@@ -199,9 +205,10 @@ def test_history_item_embedding_tells_apart_items_with_the_same_sid(tiny_root, t
 
 
 @pytest.mark.parametrize("item_output", [False, True])
-def test_item_output_trains_the_item_vectors_of_targets(tiny_root, tmp_path, item_output):
-    """With item_output the decoder's logits read the item embeddings, so a target item's row
-    is trained even when no history holds it; without it only history items' rows are."""
+def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path, item_output):
+    """With item_output the decoder's logits read the item embeddings, so the rows of items no
+    history holds (here: targets) are trained too; without it only history items' rows are.
+    A checkpoint made with the other setting is refused with the setting to use."""
     _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=item_output)
     batch = next(iter(train))
     model.calculate_loss(batch).backward()
@@ -210,6 +217,9 @@ def test_item_output_trains_the_item_vectors_of_targets(tiny_root, tmp_path, ite
     assert only_targets
     assert bool((grad[only_targets] > 0).all()) == item_output
     assert (grad[only_targets] == 0).all() != item_output
+    _, _, other, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=not item_output)
+    with pytest.raises(ValueError, match=f"--item_output={item_output}"):
+        other.load_state_dict(model.state_dict())
 
 
 @pytest.mark.parametrize("nodes", [6, 100])  # the matrix-product path, the real-children path

@@ -108,6 +108,8 @@ class OneVision(SequentialRecommender):
         self.item_output = use if output is None else bool(output)
         if self.item_output and not use:
             raise ValueError("config item_output: True needs history_item_embedding: True (it reuses its vectors)")
+        # no weights of its own, but a checkpoint's scores depend on it: saved, checked on loading
+        self.register_buffer("item_output_flag", torch.tensor(self.item_output))
         if self.item_output:
             for level in range(self.levels - 1):  # the last level's nodes are the items
                 nodes = self.trie.item_nodes(level)[1:]
@@ -157,6 +159,13 @@ class OneVision(SequentialRecommender):
             raise ValueError(f"OneVision checkpoint: it was trained with history_item_embedding: {has_items}, "
                              f"this model has {not has_items}; set `--history_item_embedding={has_items}` "
                              "(checkpoints from before 2bb9e96 have none)")
+        if "item_output_flag" not in state_dict:  # checkpoints from before item_output
+            state_dict = {**state_dict, "item_output_flag": torch.tensor(False)}
+        item_output = bool(state_dict["item_output_flag"])
+        if strict and item_output != self.item_output:
+            raise ValueError(f"OneVision checkpoint: it was trained with item_output: {item_output}, this model "
+                             f"has {self.item_output}; set `--item_output={item_output}` (checkpoints from "
+                             "before item_output have none)")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----- inputs --------------------------------------------------------------------------
