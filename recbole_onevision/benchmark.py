@@ -12,7 +12,8 @@ where it stopped (with other overrides or after a change to code the model runs,
 new; changing OneVision does not rerun SASRec). The report
 (``<out>/benchmark.md``) holds per dataset and model the test metrics (mean ± std over seeds),
 training time, latency p50/p95, peak memory, and, with two or more seeds, whether each model's
-difference to the best one is significant (Welch's t-test, p < 0.05); ``<out>/benchmark.png``
+difference to the best one and to the next one down the ranking is significant (Welch's t-test,
+p < 0.05); ``<out>/benchmark.png``
 plots quality against latency. ``--quick`` is a smoke run: one epoch per stage, a short VRQ
 fit, few timed queries. ``--report`` runs nothing and reports the cells finished so far (a grid
 too long for one sitting, run a part at a time), naming the missing ones. ``--key=value``
@@ -184,22 +185,33 @@ def summarise(results: dict[tuple[str, str], list[dict]]) -> dict[tuple[str, str
     return rows
 
 
+def significance(a: list[float], b: list[float]) -> str:
+    p = welch_p(a, b)
+    return "single seed" if p is None else f"{'significant' if p < 0.05 else 'not significant'} (p={p:.3f})"
+
+
 def markdown(rows: dict, header: str) -> str:
+    """One table; per dataset the models are ranked by mean test QUALITY, and each model's gap to
+    the best one and to the next one down is tested (the steps of the ranking that hold)."""
     lines = [header, "", "| dataset | model | seeds | " + " | ".join(METRICS)
-             + " | train (min) | latency p50 / p95 (ms) | peak memory (GB) | vs best |",
-             "|---" * (len(METRICS) + 7) + "|"]
+             + " | train (min) | latency p50 / p95 (ms) | peak memory (GB) | vs best | vs next |",
+             "|---" * (len(METRICS) + 8) + "|"]
     for dataset in dict.fromkeys(d for d, _ in rows):
-        models = [(m, r) for (d, m), r in rows.items() if d == dataset]
-        best_model, best = max(models, key=lambda mr: np.mean(mr[1][QUALITY]))
-        for model, r in models:
+        ranked = sorted(((m, r) for (d, m), r in rows.items() if d == dataset),
+                        key=lambda mr: -np.mean(mr[1][QUALITY]))
+        best = ranked[0][1]
+        for i, (model, r) in enumerate(ranked):
             cells = [f"{np.mean(r[m]):.4f}" + (f" ± {np.std(r[m], ddof=1):.4f}" if r["seeds"] > 1 else "")
                      for m in METRICS]
-            p = welch_p(r[QUALITY], best[QUALITY]) if model != best_model else None
-            verdict = "best" if model == best_model else (
-                "single seed" if p is None else f"{'significant' if p < 0.05 else 'not significant'} (p={p:.3f})")
+            vs_best = "best" if i == 0 else significance(r[QUALITY], best[QUALITY])
+            vs_next = (f"{significance(r[QUALITY], ranked[i + 1][1][QUALITY])} over {ranked[i + 1][0]}"
+                       if i + 1 < len(ranked) else "last")
             lines.append(f"| {dataset} | {model} | {r['seeds']} | " + " | ".join(cells)
-                         + f" | {r['train_min']:.1f} | {r['p50']:.2f} / {r['p95']:.2f} | {r['peak_gb']:.2f} | {verdict} |")
-    lines += ["", f"vs best: Welch's t-test on test {QUALITY} against the dataset's best model (needs 2+ seeds)."]
+                         + f" | {r['train_min']:.1f} | {r['p50']:.2f} / {r['p95']:.2f} | {r['peak_gb']:.2f}"
+                         + f" | {vs_best} | {vs_next} |")
+    lines += ["", f"Rows ranked by mean test {QUALITY}. vs best / vs next: Welch's t-test on test {QUALITY} "
+              "against the dataset's best model / the model ranked next below (needs 2+ seeds on both sides; "
+              "significant: p < 0.05)."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@ import os
 import shutil
 
 from recbole_onevision import benchmark
-from recbole_onevision.benchmark import main, welch_p
+from recbole_onevision.benchmark import main, markdown, welch_p
 from recbole_onevision.data import mvshop
 from recbole_onevision.registry import dataset_properties_file
 
@@ -72,3 +72,19 @@ def test_welch_p_separates_clear_differences_only():
     assert welch_p([0.5, 0.51, 0.49], [0.30, 0.31, 0.29]) < 0.01
     assert welch_p([0.5, 0.52, 0.48], [0.51, 0.49, 0.50]) > 0.5
     assert welch_p([0.5], [0.4]) is None  # one seed: no test
+
+
+def test_report_ranks_models_and_tests_each_step_of_the_ranking():
+    def row(ndcg):
+        return {"seeds": len(ndcg), **{m: list(ndcg) for m in benchmark.METRICS},
+                "train_min": 1.0, "p50": 1.0, "p95": 2.0, "peak_gb": 1.0}
+
+    rows = {("d", "Close"): row([0.300, 0.305, 0.295]), ("d", "Best"): row([0.50, 0.51, 0.49]),
+            ("d", "Near"): row([0.302, 0.296, 0.304]), ("d", "One"): row([0.1])}
+    table = [line for line in markdown(rows, "# t").splitlines() if line.startswith("| d |")]
+    assert [line.split(" | ")[1] for line in table] == ["Best", "Near", "Close", "One"]  # by mean ndcg@10
+    verdicts = [line.split(" | ")[-2:] for line in table]
+    assert verdicts[0] == ["best", "significant (p=0.000) over Near |"]
+    assert verdicts[1][0].startswith("significant") and verdicts[1][1].startswith("not significant")
+    assert verdicts[1][1].endswith("over Close |")
+    assert verdicts[2][1] == "single seed over One |" and verdicts[3] == ["single seed", "last |"]
