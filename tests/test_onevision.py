@@ -11,6 +11,7 @@ from recbole.utils import init_seed
 
 from recbole_onevision.config import Config
 from recbole_onevision.data import mvshop
+from recbole_onevision.model import onevision as onevision_module
 from recbole_onevision.model.decoder_cache import DecoderCache
 from recbole_onevision.model.trie import SIDTrie
 from recbole_onevision.quick_start import run
@@ -222,14 +223,23 @@ def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path
         other.load_state_dict(model.state_dict())
 
 
-@pytest.mark.parametrize("nodes", [6, 100])  # the matrix-product path, the real-children path
-def test_node_logits_are_state_dot_child_vector(nodes):
+@pytest.mark.parametrize("nodes, grad", [(6, True), (100, True), (100, False)])
+def test_node_logits_are_state_dot_child_vector(nodes, grad, monkeypatch):
+    # the matrix-product path (few nodes), one product per (row, child) pair, one per parent
+    monkeypatch.setattr(onevision_module, "GROUP_MIN_PAIRS", 2)
     torch.manual_seed(0)
-    states, vectors = torch.randn(5, 8), torch.randn(nodes, 8)
-    children = torch.randint(-1, nodes, (5, 4))
+    states, vectors = torch.randn(12, 8), torch.randn(nodes, 8)
+    # like SIDTrie.step rows: 4 parents own disjoint children (some codes absent, one parent
+    # without any), and rows under one parent repeat its children
+    table = torch.randperm(nodes)[:4 * 6].view(4, 6) if nodes > 24 else torch.randint(0, nodes, (4, 6))
+    table = table.masked_fill(torch.rand(4, 6) < 0.3, -1)
+    table[3] = -1
+    children = table[torch.randint(0, 4, (12,))]
     expected = torch.tensor([[float(states[r] @ vectors[c]) if c >= 0 else 0.0 for c in row.tolist()]
                              for r, row in enumerate(children)])
-    assert torch.allclose(get_model("OneVision").node_logits(states, vectors, children), expected, atol=1e-5)
+    with torch.set_grad_enabled(grad):
+        got = get_model("OneVision").node_logits(states, vectors, children)
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_item_output_needs_the_history_item_embedding(tiny_root, tmp_path):
