@@ -13,6 +13,7 @@ from recbole_onevision.config import Config
 from recbole_onevision.data import mvshop
 from recbole_onevision.model import onevision as onevision_module
 from recbole_onevision.model.decoder_cache import DecoderCache
+from recbole_onevision.model import trie as trie_module
 from recbole_onevision.model.trie import SIDTrie
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import create_dataset, dataset_properties_file, get_model
@@ -40,7 +41,9 @@ def prepare(root, tmp_path, **extra):
     return config, dataset, model, (train, valid, test)
 
 
-def test_trie_only_continues_real_sids():
+@pytest.mark.parametrize("table_limit", [0, trie_module.DENSE_TABLE_LIMIT])  # searched keys, lookup tables
+def test_trie_only_continues_real_sids(table_limit, monkeypatch):
+    monkeypatch.setattr(trie_module, "DENSE_TABLE_LIMIT", table_limit)
     sid = torch.tensor([[-1, -1, -1], [0, 1, 0], [0, 1, 1], [2, 0, 0], [1, 1, 0]])
     trie = SIDTrie(sid, [3, 2, 2])
     assert trie.step(0, torch.tensor([0])).tolist() == [[0, 1, 2]]  # prefixes (0,), (1,), (2,) -> nodes
@@ -52,6 +55,24 @@ def test_trie_only_continues_real_sids():
     assert trie.parents(1)[trie.item_nodes(1)[1:]].tolist() == trie.item_nodes(0)[1:].tolist()
     with pytest.raises(ValueError, match="not unique"):
         SIDTrie(torch.tensor([[-1, -1], [0, 1], [0, 1]]), [2, 2])
+
+
+def test_trie_lookup_tables_agree_with_the_key_search(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    sid = torch.unique(torch.randint(0, 6, (300, 3), generator=generator), dim=0)
+    sid = torch.cat([torch.full((1, 3), -1), sid])
+    tables = SIDTrie(sid, [6, 6, 6])
+    monkeypatch.setattr(trie_module, "DENSE_TABLE_LIMIT", 40)  # only the first two levels get one
+    mixed = SIDTrie(sid, [6, 6, 6])
+    monkeypatch.setattr(trie_module, "DENSE_TABLE_LIMIT", 0)
+    search = SIDTrie(sid, [6, 6, 6])
+    assert hasattr(mixed, "table1") and not hasattr(mixed, "table2")
+    for level in range(3):
+        nodes = torch.arange(int(tables.item_nodes(level - 1).max()) + 1 if level else 1)
+        expected = search.step(level, nodes.view(-1, 1))  # any shape of nodes
+        assert torch.equal(tables.step(level, nodes.view(-1, 1)), expected)
+        assert torch.equal(mixed.step(level, nodes.view(-1, 1)), expected)
+        assert (expected >= 0).any(-1).all()  # every node continues some SID
 
 
 def mean_item_vectors(model, level: int) -> torch.Tensor:

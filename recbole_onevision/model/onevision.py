@@ -396,8 +396,8 @@ class OneVision(SequentialRecommender):
         return out
 
     def level_logits(self, states: torch.Tensor, level: int) -> torch.Tensor:
-        start = int(self.offsets[level])
-        return self.output(states)[..., start:start + self.sizes[level]]
+        codes = slice(int(self.offsets[level]), int(self.offsets[level]) + self.sizes[level])
+        return F.linear(states, self.output.weight[codes], self.output.bias[codes])  # this level's rows only
 
     def sid_log_likelihood(self, memory, mask, items: torch.Tensor,
                            prior: list[torch.Tensor] | None = None) -> torch.Tensor:
