@@ -3,9 +3,9 @@
 Nodes of level ``l`` are the distinct SID prefixes of length ``l`` (level 0: the root, node 0);
 the children of the last level are items (so the last level's nodes are item ids). Edges are stored as sorted keys
 ``parent * width + code`` per level, so a batch of (node, code) lookups is one
-``torch.searchsorted``: memory O(items x levels), whatever the codebook sizes. Where a level's
-(parents x codes) table is small (``DENSE_TABLE_LIMIT`` entries; every level of Beauty), it is
-kept as well and a lookup is one gather, ~10x faster than the search.
+``torch.searchsorted``: memory O(items x levels), whatever the codebook sizes. A level whose
+(parents x codes) table is small (``DENSE_TABLE_LIMIT`` entries; every level of Beauty) keeps
+that table instead, so a lookup is one gather, several times faster than the search.
 """
 from __future__ import annotations
 
