@@ -1,12 +1,17 @@
-"""A RecBole baseline on real data, end to end: SASRec learns more than popularity."""
+"""A RecBole baseline on real data, end to end: SASRec learns more than popularity; the
+per-user breakdown of benchmarks/breakdown.py agrees with RecBole's evaluator on them."""
+import importlib.util
 import json
 import os
+
+import pytest
 
 from recbole_onevision.data import s3rec
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import dataset_properties_file
 
 USERS = 10000  # a slice of Beauty: the first users of the file, all their items
+BREAKDOWN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "breakdown.py")
 
 
 def make_slice(src, out):
@@ -21,14 +26,44 @@ def make_slice(src, out):
     s3rec.convert("BeautySlice", out, out)
 
 
-def test_sasrec_one_epoch_beats_pop_on_a_beauty_slice(s3rec_dir, tmp_path, quiet_config):
-    make_slice(s3rec_dir, str(tmp_path))
-    files = [dataset_properties_file("Beauty")]  # the same leave-one-out, full-ranking protocol
-    common = quiet_config(tmp_path, data_path=str(tmp_path), MAX_ITEM_LIST_LENGTH=10)
-    pop = run("Pop", "BeautySlice", files, common)
+@pytest.fixture(scope="module")
+def slice_runs(tmp_path_factory):
+    """Pop and SASRec trained and tested on the Beauty slice: (folder, protocol file, results)."""
+    from conftest import S3REC
+    if not os.path.isfile(os.path.join(S3REC, "Beauty.txt")):
+        pytest.skip(f"real Amazon data not found at {S3REC} (../shared/data is absent on this machine)")
+    folder = tmp_path_factory.mktemp("slice")
+    make_slice(S3REC, str(folder))
+    protocol = dataset_properties_file("Beauty")  # the same leave-one-out, full-ranking protocol
+    common = {"show_progress": False, "checkpoint_dir": str(folder / "saved"), "state": "WARNING",
+              "data_path": str(folder), "MAX_ITEM_LIST_LENGTH": 10}
+    pop = run("Pop", "BeautySlice", [protocol], common)
     # small batches give one epoch enough updates (about 2,200) to learn transitions;
     # measured here: test R@10 0.0140 vs Pop's 0.0109 (about 3 standard errors apart)
-    sasrec = run("SASRec", "BeautySlice", files,
+    sasrec = run("SASRec", "BeautySlice", [protocol],
                  {**common, "epochs": 1, "train_batch_size": 32, "learning_rate": 0.001,
                   "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2})
-    assert sasrec["test_result"]["recall@10"] > pop["test_result"]["recall@10"], (sasrec, pop)
+    return folder, protocol, {"Pop": pop, "SASRec": sasrec}
+
+
+def test_sasrec_one_epoch_beats_pop_on_a_beauty_slice(slice_runs):
+    _, _, results = slice_runs
+    assert results["SASRec"]["test_result"]["recall@10"] > results["Pop"]["test_result"]["recall@10"], results
+
+
+def test_breakdown_overall_row_equals_recbole_test_metrics(slice_runs):
+    folder, protocol, results = slice_runs
+    spec = importlib.util.spec_from_file_location("breakdown", BREAKDOWN)
+    breakdown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(breakdown)
+    argv = ["--dataset", "BeautySlice", "--runs", *(f"{m}={r['checkpoint']}" for m, r in results.items()),
+            f"--data_path={folder}", f"--config_files={protocol}", "--MAX_ITEM_LIST_LENGTH=10"]
+    table = breakdown.main(argv).splitlines()
+    overall = table[2].strip("| ").split(" | ")
+    assert overall[:2] == ["all users", "1.00"]
+    expected = [f"{results[m]['test_result'][k]:.4f}" for m in results for k in ("ndcg@10", "recall@10")]
+    assert overall[2:] == expected  # Pop (a general model) and SASRec (sequential) ranked alike
+    popularity = [line for line in table if line.startswith("| held-out item's training interactions")]
+    assert len(popularity) >= 3 and abs(sum(float(line.split(" | ")[1]) for line in popularity) - 1) < 0.02
+    with pytest.raises(FileNotFoundError, match="SASRec=.*nope.pth: no such checkpoint file"):
+        breakdown.main(["--dataset", "BeautySlice", "--runs", f"SASRec={folder}/nope.pth"])

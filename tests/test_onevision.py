@@ -11,7 +11,9 @@ from recbole.utils import init_seed
 
 from recbole_onevision.config import Config
 from recbole_onevision.data import mvshop
+from recbole_onevision.model import onevision as onevision_module
 from recbole_onevision.model.decoder_cache import DecoderCache
+from recbole_onevision.model import trie as trie_module
 from recbole_onevision.model.trie import SIDTrie
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import create_dataset, dataset_properties_file, get_model
@@ -39,7 +41,9 @@ def prepare(root, tmp_path, **extra):
     return config, dataset, model, (train, valid, test)
 
 
-def test_trie_only_continues_real_sids():
+@pytest.mark.parametrize("table_limit", [0, trie_module.DENSE_TABLE_LIMIT])  # searched keys, lookup tables
+def test_trie_only_continues_real_sids(table_limit, monkeypatch):
+    monkeypatch.setattr(trie_module, "DENSE_TABLE_LIMIT", table_limit)
     sid = torch.tensor([[-1, -1, -1], [0, 1, 0], [0, 1, 1], [2, 0, 0], [1, 1, 0]])
     trie = SIDTrie(sid, [3, 2, 2])
     assert trie.step(0, torch.tensor([0])).tolist() == [[0, 1, 2]]  # prefixes (0,), (1,), (2,) -> nodes
@@ -51,6 +55,24 @@ def test_trie_only_continues_real_sids():
     assert trie.parents(1)[trie.item_nodes(1)[1:]].tolist() == trie.item_nodes(0)[1:].tolist()
     with pytest.raises(ValueError, match="not unique"):
         SIDTrie(torch.tensor([[-1, -1], [0, 1], [0, 1]]), [2, 2])
+
+
+def test_trie_lookup_tables_agree_with_the_key_search(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    sid = torch.unique(torch.randint(0, 6, (300, 3), generator=generator), dim=0)
+    sid = torch.cat([torch.full((1, 3), -1), sid])
+    tables = SIDTrie(sid, [6, 6, 6])
+    monkeypatch.setattr(trie_module, "DENSE_TABLE_LIMIT", 40)  # only the first two levels get one
+    mixed = SIDTrie(sid, [6, 6, 6])
+    monkeypatch.setattr(trie_module, "DENSE_TABLE_LIMIT", 0)
+    search = SIDTrie(sid, [6, 6, 6])
+    assert hasattr(mixed, "table1") and not hasattr(mixed, "table2")
+    for level in range(3):
+        nodes = torch.arange(int(tables.item_nodes(level - 1).max()) + 1 if level else 1)
+        expected = search.step(level, nodes.view(-1, 1))  # any shape of nodes
+        assert torch.equal(tables.step(level, nodes.view(-1, 1)), expected)
+        assert torch.equal(mixed.step(level, nodes.view(-1, 1)), expected)
+        assert (expected >= 0).any(-1).all()  # every node continues some SID
 
 
 def mean_item_vectors(model, level: int) -> torch.Tensor:
@@ -222,14 +244,23 @@ def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path
         other.load_state_dict(model.state_dict())
 
 
-@pytest.mark.parametrize("nodes", [6, 100])  # the matrix-product path, the real-children path
-def test_node_logits_are_state_dot_child_vector(nodes):
+@pytest.mark.parametrize("nodes, grad", [(6, True), (100, True), (100, False)])
+def test_node_logits_are_state_dot_child_vector(nodes, grad, monkeypatch):
+    # the matrix-product path (few nodes), one product per (row, child) pair, one per parent
+    monkeypatch.setattr(onevision_module, "GROUP_MIN_PAIRS", 2)
     torch.manual_seed(0)
-    states, vectors = torch.randn(5, 8), torch.randn(nodes, 8)
-    children = torch.randint(-1, nodes, (5, 4))
+    states, vectors = torch.randn(12, 8), torch.randn(nodes, 8)
+    # like SIDTrie.step rows: 4 parents own disjoint children (some codes absent, one parent
+    # without any), and rows under one parent repeat its children
+    table = torch.randperm(nodes)[:4 * 6].view(4, 6) if nodes > 24 else torch.randint(0, nodes, (4, 6))
+    table = table.masked_fill(torch.rand(4, 6) < 0.3, -1)
+    table[3] = -1
+    children = table[torch.randint(0, 4, (12,))]
     expected = torch.tensor([[float(states[r] @ vectors[c]) if c >= 0 else 0.0 for c in row.tolist()]
                              for r, row in enumerate(children)])
-    assert torch.allclose(get_model("OneVision").node_logits(states, vectors, children), expected, atol=1e-5)
+    with torch.set_grad_enabled(grad):
+        got = get_model("OneVision").node_logits(states, vectors, children)
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_item_output_needs_the_history_item_embedding(tiny_root, tmp_path):

@@ -55,28 +55,36 @@ class DecoderCache:
         positions (rows, heads, beams per row, dh) instead of copying the memory per beam."""
         key, value = memory
         per_row = self.beams // self.rows
-        column = live - rows * per_row  # each live beam's place among its row's
-        dense = query.new_zeros(self.rows, per_row, query.shape[1], query.shape[3])
-        dense[rows, column] = query.squeeze(2)
+        if len(live) == self.beams:  # every beam live: beams are already grouped by row
+            dense = query.reshape(self.rows, per_row, query.shape[1], query.shape[3])
+        else:
+            column = live - rows * per_row  # each live beam's place among its row's
+            dense = query.new_zeros(self.rows, per_row, query.shape[1], query.shape[3])
+            dense[rows, column] = query.squeeze(2)
         out = F.scaled_dot_product_attention(dense.transpose(1, 2), key, value, attn_mask=self.attend)
-        out = out.transpose(1, 2)[rows, column]  # (live, heads, dh)
-        return attention.out_proj(out.reshape(len(live), 1, self.width))
+        out = out.transpose(1, 2).reshape(self.beams, -1)
+        return attention.out_proj((out if len(live) == self.beams else out[live]).unsqueeze(1))
 
     def step(self, inputs: torch.Tensor, live: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Decode one position for the beams ``live`` (indices into the current beams), whose
         memory rows are ``rows``: ``inputs`` (live, d_model) embedded tokens -> (live, d_model)
         output states. Beams not in ``live`` get zero keys/values (they are never extended)."""
         x = inputs.unsqueeze(1)
+        every = len(live) == self.beams  # no beam dropped: no scatter into / gather from all beams
         for i, layer in enumerate(self.layers):
             query, key, value = self._project(layer.self_attn, layer.norm1(x), slice(0, 3))
-            full_key = torch.zeros(self.beams, *key.shape[1:], dtype=key.dtype, device=key.device)
-            full_value = torch.zeros_like(full_key)
-            full_key[live], full_value[live] = key, value
+            if not every:
+                full_key = torch.zeros(self.beams, *key.shape[1:], dtype=key.dtype, device=key.device)
+                full_value = torch.zeros_like(full_key)
+                full_key[live], full_value[live] = key, value
+                key, value = full_key, full_value
             if self.past[i] is not None:
-                full_key = torch.cat([self.past[i][0], full_key], 2)
-                full_value = torch.cat([self.past[i][1], full_value], 2)
-            self.past[i] = (full_key, full_value)
-            x = x + layer.dropout1(self._attend(layer.self_attn, query, full_key[live], full_value[live]))
+                key = torch.cat([self.past[i][0], key], 2)
+                value = torch.cat([self.past[i][1], value], 2)
+            self.past[i] = (key, value)
+            if not every:
+                key, value = key[live], value[live]
+            x = x + layer.dropout1(self._attend(layer.self_attn, query, key, value))
             query, = self._project(layer.multihead_attn, layer.norm2(x), slice(0, 1))
             x = x + layer.dropout2(self._cross_attend(layer.multihead_attn, query, self.cross[i], live, rows))
             feed = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm3(x)))))
