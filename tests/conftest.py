@@ -7,14 +7,14 @@ SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 S3REC = os.path.join(SHARED_DATA, "amazon-s3rec")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def s3rec_dir():
     if not os.path.isfile(os.path.join(S3REC, "Beauty.txt")):
         pytest.skip(f"real Amazon data not found at {S3REC} (../shared/data is absent on this machine)")
     return S3REC
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def quiet_config():
     """Config keys that keep test runs small and their files inside a temp folder."""
     def make(tmp_path, **extra):

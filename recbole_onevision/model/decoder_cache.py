@@ -54,8 +54,8 @@ class DecoderCache:
         A row's beams attend to the same keys and values, so they go in as that row's query
         positions (rows, heads, beams per row, dh) instead of copying the memory per beam."""
         key, value = memory
-        per_row = self.beams // self.rows
-        if len(live) == self.beams:  # every beam live: beams are already grouped by row
+        per_row, every = self.beams // self.rows, len(live) == self.beams
+        if every:  # every beam live: beams are already grouped by row
             dense = query.reshape(self.rows, per_row, query.shape[1], query.shape[3])
         else:
             column = live - rows * per_row  # each live beam's place among its row's
@@ -63,7 +63,7 @@ class DecoderCache:
             dense[rows, column] = query.squeeze(2)
         out = F.scaled_dot_product_attention(dense.transpose(1, 2), key, value, attn_mask=self.attend)
         out = out.transpose(1, 2).reshape(self.beams, -1)
-        return attention.out_proj((out if len(live) == self.beams else out[live]).unsqueeze(1))
+        return attention.out_proj((out if every else out[live]).unsqueeze(1))
 
     def step(self, inputs: torch.Tensor, live: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Decode one position for the beams ``live`` (indices into the current beams), whose

@@ -33,8 +33,9 @@ class SIDTrie(nn.Module):
                 _, child = np.unique(sid[:, :level + 1], axis=0, return_inverse=True)
                 child = child.reshape(-1)
             keys, first = np.unique(parent * self.width + sid[:, level], return_index=True)
-            if (int(parent.max()) + 1) * self.sizes[level] <= DENSE_TABLE_LIMIT:
-                table = np.full((int(parent.max()) + 1, self.sizes[level]), -1, dtype=np.int64)
+            n_parents = int(parent.max()) + 1
+            if n_parents * self.sizes[level] <= DENSE_TABLE_LIMIT:
+                table = np.full((n_parents, self.sizes[level]), -1, dtype=np.int64)
                 table[parent[first], sid[first, level]] = child[first]
                 self.register_buffer(f"table{level}", torch.from_numpy(table), persistent=False)
             else:
