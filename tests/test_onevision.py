@@ -244,6 +244,71 @@ def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path
         other.load_state_dict(model.state_dict())
 
 
+def dense_target_ranks(model, batches) -> torch.Tensor:
+    """Each training row's target's rank (0 = first) among all items by the dense head."""
+    ranks = []
+    with torch.no_grad():
+        for batch in batches:
+            memory, mask = model.encode(batch)
+            bos = torch.full((len(batch), 1), model.bos_token)
+            logits = model.dense_logits(model.decode(memory, mask, bos)[:, 0])
+            target = logits.gather(1, batch["item_id"].unsqueeze(1))
+            ranks.append((logits > target).sum(1))
+    return torch.cat(ranks).float()
+
+
+def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path):
+    """The dense head ranks the training targets far higher with its loss on than with the SID
+    loss alone (which trains it only through the first level's node vectors)."""
+    mean_rank = {}
+    for weight in (0.0, 1.0):
+        _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=True,
+                                             dense_loss_weight=weight)
+        batches = list(train)
+        train_steps(model, batches, 60)
+        model.eval()
+        mean_rank[weight] = dense_target_ranks(model, batches).mean()
+    assert mean_rank[1.0] < 0.5 * mean_rank[0.0], mean_rank
+
+
+def test_dense_scores_join_the_beams(tiny_root, tmp_path):
+    """With dense_score_weight, the dense head's top items join the beams and every returned
+    item is scored SID log-likelihood + weight x dense log-probability, best first, each once."""
+    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, history_item_embedding=True,
+                                                   dense_score_weight=2.0)
+    torch.nn.init.normal_(model.history_item_embedding.weight, std=1.0)  # a dense head that disagrees with the beams
+    model.eval()
+    batch = next(iter(test))[0]
+    items, scores = model.generate(batch)
+    assert items.shape == (len(batch), config["beam_size"])
+    assert ((items >= 1) & (items < dataset.item_num)).all()
+    assert all(len(set(row.tolist())) == len(row) for row in items)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    memory, mask = model.encode(batch)
+    bos = torch.full((len(batch), 1), model.bos_token)
+    dense = torch.log_softmax(model.dense_logits(model.decode(memory, mask, bos)[:, 0]), -1)
+    assert torch.allclose(scores, model(batch, items) + 2.0 * dense.gather(1, items), atol=1e-4)
+    # every item comes from the beams alone or from the dense head's top beam_size, and some from the latter
+    model.dense_score_weight = 0.0
+    alone, _ = model.generate(batch)
+    model.dense_score_weight = 2.0
+    retrieved = dense.topk(config["beam_size"], 1).indices
+    from_dense = [set(r.tolist()) - set(a.tolist()) for r, a in zip(items, alone)]
+    assert all(extra <= set(d.tolist()) for extra, d in zip(from_dense, retrieved))
+    assert any(from_dense)
+    row = model.full_sort_predict(batch)
+    top = row.topk(10, dim=1)
+    assert torch.equal(top.indices, items[:, :10]) and torch.allclose(top.values, scores[:, :10])
+
+
+@pytest.mark.parametrize("key", ["dense_loss_weight", "dense_score_weight"])
+def test_dense_head_settings_are_checked(tiny_root, tmp_path, key):
+    with pytest.raises(ValueError, match=f"config {key}: expected a value >= 0"):
+        prepare(tiny_root, tmp_path, history_item_embedding=True, **{key: -1.0})
+    with pytest.raises(ValueError, match=f"config {key}: .*without history_item_embedding"):
+        prepare(tiny_root, tmp_path, history_item_embedding=False, **{key: 1.0})
+
+
 @pytest.mark.parametrize("nodes, grad", [(6, True), (100, True), (100, False)])
 def test_node_logits_are_state_dot_child_vector(nodes, grad, monkeypatch):
     # the matrix-product path (few nodes), one product per (row, child) pair, one per parent

@@ -116,6 +116,17 @@ class OneVision(SequentialRecommender):
                 nodes = self.trie.item_nodes(level)[1:]
                 self.register_buffer(f"node_size{level}", torch.bincount(nodes).clamp_min(1).unsqueeze(1).float(),
                                      persistent=False)
+        # a dense head beside the decoder (as LIGER pairs dense and generative retrieval): the
+        # decoder's first state . every item's embedding, one softmax over the catalogue as SASRec
+        # scores. The SID loss reaches an item's vector only through its own subtree, this one
+        # every step; in inference its top items join the beams and its log-probability the scores
+        self.dense_loss_weight = float(config["dense_loss_weight"] or 0.0)
+        self.dense_score_weight = float(config["dense_score_weight"] or 0.0)
+        for key, value in (("dense_loss_weight", self.dense_loss_weight),
+                           ("dense_score_weight", self.dense_score_weight)):
+            if value < 0 or (value and not use):
+                raise ValueError(f"config {key}: expected a value >= 0, and 0 without history_item_embedding "
+                                 f"(the dense head scores its vectors); got {value}")
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
         self.encoder = nn.TransformerEncoder(
@@ -399,10 +410,11 @@ class OneVision(SequentialRecommender):
         codes = slice(int(self.offsets[level]), int(self.offsets[level]) + self.sizes[level])
         return F.linear(states, self.output.weight[codes], self.output.bias[codes])  # this level's rows only
 
-    def sid_log_likelihood(self, memory, mask, items: torch.Tensor,
-                           prior: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def sid_log_likelihood(self, memory, mask, items: torch.Tensor, prior: list[torch.Tensor] | None = None,
+                           first_state: bool = False):
         """(rows, levels) log-probabilities of each level of ``items``' SIDs (teacher forcing);
-        ``prior``: the rows' :meth:`path_similarity` to ``items`` when the visual bias is on."""
+        ``prior``: the rows' :meth:`path_similarity` to ``items`` when the visual bias is on.
+        ``first_state``: also return the decoder's state at BOS (rows, d_model)."""
         targets = self.item_tokens[items]
         bos = torch.full((len(items), 1), self.bos_token, device=items.device)
         states = self.decode(memory, mask, torch.cat([bos, targets[:, :-1]], 1))
@@ -418,7 +430,13 @@ class OneVision(SequentialRecommender):
             logp = torch.log_softmax(logits, -1)
             code = targets[:, level] - self.offsets[level]
             out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
-        return torch.stack(out, 1)
+        return (torch.stack(out, 1), states[:, 0]) if first_state else torch.stack(out, 1)
+
+    def dense_logits(self, first_states: torch.Tensor) -> torch.Tensor:
+        """(rows, n_items): the dense head, decoder states at BOS dotted with every item's
+        embedding (padding id 0 at -inf)."""
+        logits = first_states @ self.history_item_embedding.weight.T
+        return logits.index_fill(1, torch.zeros(1, dtype=torch.long, device=logits.device), float("-inf"))
 
     # ----- training stages ------------------------------------------------------------------
     def supports_stage(self, stage: str) -> bool:
@@ -469,7 +487,11 @@ class OneVision(SequentialRecommender):
     def _sft_loss(self, interaction):
         target = interaction[self.POS_ITEM_ID]
         memory, mask = self.encode(interaction)
-        nll = -self.sid_log_likelihood(memory, mask, target, self.path_similarity(interaction, target)).sum(1)
+        logp, first = self.sid_log_likelihood(memory, mask, target, self.path_similarity(interaction, target),
+                                              first_state=True)
+        nll = -logp.sum(1)
+        if self.dense_loss_weight:
+            nll = nll + self.dense_loss_weight * F.cross_entropy(self.dense_logits(first), target, reduction="none")
         weight = self._row_weights(interaction, nll)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
@@ -574,11 +596,33 @@ class OneVision(SequentialRecommender):
             last = code + self.offsets[level]
             nodes = child.view(batch, k, size)[torch.arange(batch, device=device).unsqueeze(1), parent, code]
         items = torch.where(torch.isfinite(scores), nodes, torch.zeros_like(nodes))
+        if self.dense_score_weight:
+            items, scores = self._add_dense(interaction, memory, mask, items, scores, beams)
         missing = beams - items.shape[1]
         if missing > 0:  # keep the documented (batch, beam) shape
             items = F.pad(items, (0, missing))
             scores = F.pad(scores, (0, missing), value=float("-inf"))
         return items, scores
+
+    def _add_dense(self, interaction, memory, mask, items, scores, beams: int):
+        """The beams and the dense head's top ``beams`` items, each scored by its SID log-likelihood
+        (a beam's score is that already) + ``dense_score_weight`` x its dense log-probability;
+        the best ``beams`` of them, best first."""
+        bos = torch.full((len(memory), 1), self.bos_token, device=memory.device)
+        dense = torch.log_softmax(self.dense_logits(self.decode(memory, mask, bos)[:, 0]), -1)
+        top = dense.topk(min(beams, self.n_items - 1), 1).indices
+        n = top.shape[1]
+        sid = self.sid_log_likelihood(memory.repeat(n, 1, 1), mask.repeat(n, 1), self._flat(top),
+                                      self.path_similarity(interaction, top)).sum(1).view(n, -1).T
+        candidates = torch.cat([items, top], 1)
+        total = torch.cat([scores, sid], 1) + self.dense_score_weight * dense.gather(1, candidates)
+        # an item both beamed and retrieved counts once (same score either way, up to rounding)
+        ordered, order = candidates.sort(1)
+        repeat = torch.zeros_like(ordered, dtype=torch.bool)
+        repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        total = total.masked_fill(torch.zeros_like(repeat).scatter(1, order, repeat), float("-inf"))
+        total, best = total.topk(min(beams, total.shape[1]), 1)
+        return torch.where(torch.isfinite(total), candidates.gather(1, best), 0), total
 
     def full_sort_predict(self, interaction):
         items, scores = self.generate(interaction)
