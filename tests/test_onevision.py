@@ -257,7 +257,8 @@ def dense_target_ranks(model, batches) -> torch.Tensor:
     return torch.cat(ranks).float()
 
 
-def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path):
+@pytest.mark.parametrize("stage", ["sft", "dpo"])  # in DPO, through its likelihood term on the chosen item
+def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stage):
     """The dense head ranks the training targets far higher with its loss on than with the SID
     loss alone (which trains it only through the first level's node vectors)."""
     mean_rank = {}
@@ -265,6 +266,7 @@ def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path):
         _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=True,
                                              dense_loss_weight=weight)
         batches = list(train)
+        model.set_stage(stage)
         train_steps(model, batches, 60)
         model.eval()
         mean_rank[weight] = dense_target_ranks(model, batches).mean()

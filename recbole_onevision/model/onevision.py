@@ -438,6 +438,10 @@ class OneVision(SequentialRecommender):
         logits = first_states @ self.history_item_embedding.weight.T
         return logits.index_fill(1, torch.zeros(1, dtype=torch.long, device=logits.device), float("-inf"))
 
+    def dense_nll(self, first_states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(rows,) the dense head's cross-entropy of ``items`` over the catalogue."""
+        return F.cross_entropy(self.dense_logits(first_states), items, reduction="none")
+
     # ----- training stages ------------------------------------------------------------------
     def supports_stage(self, stage: str) -> bool:
         return stage != "pretrain" or self.query_feature is not None
@@ -453,19 +457,23 @@ class OneVision(SequentialRecommender):
         self._reference = ({k: v.detach().clone() for k, v in self.named_parameters()}
                            if stage == "dpo" else None)
 
-    def forward(self, interaction, items: torch.Tensor, prior: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, interaction, items: torch.Tensor, prior: list[torch.Tensor] | None = None,
+                first_state: bool = False):
         """Log-probability of ``items``' SIDs given ``interaction`` (summed over levels):
         ``items`` (rows,) gives (rows,); (rows, n) scores n items per row with one encoder pass.
         ``prior``: :meth:`path_similarity` of the rows to ``items`` in :meth:`_flat` order,
-        when the caller has it already."""
+        when the caller has it already. ``first_state``: also return the rows' decoder state at
+        BOS (rows, d_model), what the dense head reads."""
         memory, mask = self.encode(interaction)
         n = items.shape[1] if items.dim() == 2 else 0
         if n:
             memory, mask = memory.repeat(n, 1, 1), mask.repeat(n, 1)
         if prior is None:
             prior = self.path_similarity(interaction, items)
-        likelihood = self.sid_log_likelihood(memory, mask, self._flat(items), prior).sum(1)
-        return likelihood.view(n, -1).T if n else likelihood
+        likelihood, first = self.sid_log_likelihood(memory, mask, self._flat(items), prior, first_state=True)
+        likelihood = likelihood.sum(1)
+        out = likelihood.view(n, -1).T if n else likelihood
+        return (out, first[:len(out)]) if first_state else out  # _flat order: the rows' first items lead
 
     @staticmethod
     def _flat(items: torch.Tensor) -> torch.Tensor:
@@ -491,7 +499,7 @@ class OneVision(SequentialRecommender):
                                               first_state=True)
         nll = -logp.sum(1)
         if self.dense_loss_weight:
-            nll = nll + self.dense_loss_weight * F.cross_entropy(self.dense_logits(first), target, reduction="none")
+            nll = nll + self.dense_loss_weight * self.dense_nll(first, target)
         weight = self._row_weights(interaction, nll)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
@@ -516,7 +524,8 @@ class OneVision(SequentialRecommender):
             raise RuntimeError("dpo stage without a reference policy: call set_stage('dpo') first")
         items = torch.stack([interaction[self.POS_ITEM_ID], self.rejected_items(interaction)], 1)
         prior = self.path_similarity(interaction, items)  # parameter-free: shared with the reference
-        policy = self(interaction, items, prior).T  # (2, batch): chosen, rejected
+        policy, first = self(interaction, items, prior, first_state=True)
+        policy = policy.T  # (2, batch): chosen, rejected
         training = self.training
         self.train(False)  # the reference policy without dropout
         with torch.no_grad():
@@ -526,6 +535,8 @@ class OneVision(SequentialRecommender):
         # + the chosen item's likelihood (as in RPO, Pang et al. 2024): pure DPO can lower both
         # likelihoods while widening their gap, and on MVShop it then lost ranking quality
         loss = -F.logsigmoid(self.dpo_beta * margin) - self.dpo_sft_weight * policy[0]
+        if self.dense_loss_weight:  # the chosen item's likelihood under the dense head too, as in SFT
+            loss = loss + self.dpo_sft_weight * self.dense_loss_weight * self.dense_nll(first, items[:, 0])
         weight = self._row_weights(interaction, loss)
         return (loss * weight).sum() / weight.sum()
 
