@@ -85,8 +85,8 @@ def mean_item_vectors(model, level: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("item_output", [False, True])
 def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path, item_output):
-    extra = {"history_item_embedding": True, "item_output": True} if item_output else {}
-    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, **extra)
+    extra = {"history_item_embedding": True, "item_output": True, "dense_loss_weight": 0} if item_output else {}
+    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, **extra)  # the beams alone
     if item_output:  # trained vectors, not the near-zero initial ones, so the term matters
         torch.nn.init.normal_(model.history_item_embedding.weight, std=1.0)
     else:
@@ -309,6 +309,23 @@ def test_dense_head_settings_are_checked(tiny_root, tmp_path, key):
         prepare(tiny_root, tmp_path, history_item_embedding=True, **{key: -1.0})
     with pytest.raises(ValueError, match=f"config {key}: .*without history_item_embedding"):
         prepare(tiny_root, tmp_path, history_item_embedding=False, **{key: 1.0})
+
+
+def test_dense_head_defaults_and_checkpoints(tiny_root, tmp_path):
+    """Auto: on with item_output (off with photos); scoring by an untrained dense head is refused,
+    in the config and when loading a checkpoint trained without its loss."""
+    _, _, photos, _ = prepare(tiny_root, tmp_path)  # query photos: no item embedding, so no dense head
+    assert (photos.dense_loss_weight, photos.dense_score_weight) == (0.0, 0.0)
+    _, _, auto, _ = prepare(tiny_root, tmp_path, history_item_embedding=True)
+    assert (auto.dense_loss_weight, auto.dense_score_weight) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="dense_score_weight: expected 0 when dense_loss_weight is 0"):
+        prepare(tiny_root, tmp_path, history_item_embedding=True, dense_loss_weight=0, dense_score_weight=1.0)
+    _, _, untrained, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_loss_weight=0)
+    with pytest.raises(ValueError, match="--dense_loss_weight=0 --dense_score_weight=0"):
+        auto.load_state_dict(untrained.state_dict())
+    _, _, beams_only, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_score_weight=0)
+    beams_only.load_state_dict(untrained.state_dict())  # the beams alone need no dense training
+    untrained.load_state_dict(auto.state_dict())  # nor does a dense-trained checkpoint scored by beams
 
 
 @pytest.mark.parametrize("nodes, grad", [(6, True), (100, True), (100, False)])

@@ -120,13 +120,21 @@ class OneVision(SequentialRecommender):
         # decoder's first state . every item's embedding, one softmax over the catalogue as SASRec
         # scores. The SID loss reaches an item's vector only through its own subtree, this one
         # every step; in inference its top items join the beams and its log-probability the scores
-        self.dense_loss_weight = float(config["dense_loss_weight"] or 0.0)
-        self.dense_score_weight = float(config["dense_score_weight"] or 0.0)
+        # auto (~): on with item_output, i.e. by default without query photos (Beauty: see docs)
+        loss_weight, score_weight = config["dense_loss_weight"], config["dense_score_weight"]
+        self.dense_loss_weight = float(self.item_output) if loss_weight is None else float(loss_weight)
+        self.dense_score_weight = (float(self.dense_loss_weight > 0) if score_weight is None
+                                   else float(score_weight))
         for key, value in (("dense_loss_weight", self.dense_loss_weight),
                            ("dense_score_weight", self.dense_score_weight)):
             if value < 0 or (value and not use):
                 raise ValueError(f"config {key}: expected a value >= 0, and 0 without history_item_embedding "
                                  f"(the dense head scores its vectors); got {value}")
+        if self.dense_score_weight and not self.dense_loss_weight:
+            raise ValueError("config dense_score_weight: expected 0 when dense_loss_weight is 0 (the dense head "
+                             f"would be untrained); got {self.dense_score_weight}")
+        # saved, so a checkpoint trained without the dense loss is not scored by an untrained head
+        self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
         self.encoder = nn.TransformerEncoder(
@@ -178,6 +186,12 @@ class OneVision(SequentialRecommender):
             raise ValueError(f"OneVision checkpoint: it was trained with item_output: {item_output}, this model "
                              f"has {self.item_output}; set `--item_output={item_output}` (checkpoints from "
                              "before item_output have none)")
+        if "dense_trained" not in state_dict:  # checkpoints from before the dense head
+            state_dict = {**state_dict, "dense_trained": torch.tensor(False)}
+        if strict and self.dense_score_weight and not bool(state_dict["dense_trained"]):
+            raise ValueError("OneVision checkpoint: it was trained without the dense head's loss, so its dense "
+                             "scores mean nothing; set `--dense_loss_weight=0 --dense_score_weight=0` "
+                             "(checkpoints from before the dense head have none)")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----- inputs --------------------------------------------------------------------------
