@@ -601,15 +601,11 @@ class OneVision(SequentialRecommender):
             rows = live // k
             inputs = self.token_embedding(last.reshape(-1)[live]) + self.level_embedding.weight[level]
             states = cache.step(self.input_dropout(inputs), live, rows)
+            if level == 0:
+                first = states  # one per row: what the dense head reads
             child = torch.full((batch * k, size), -1, dtype=torch.long, device=device)
             child[live] = self.trie.step(level, nodes.view(-1)[live])
-            logits = self.level_logits(states, level)
-            if similarity is not None:
-                logits = logits + self.visual_logit_bias(similarity[level], level, child[live], rows)
-            if vectors is not None:
-                logits = logits + self.node_logits(states, vectors[level], child[live])
-            logits = logits.masked_fill(child[live] < 0, -1e9)
-            logp = torch.log_softmax(logits, -1).masked_fill(child[live] < 0, float("-inf"))
+            logp = self.constrained_log_probs(states, level, child[live], rows, similarity, vectors)
             total = torch.full((batch * k, size), float("-inf"), device=device)
             total[live] = scores.view(-1)[live].unsqueeze(1) + logp
             scores, index = total.view(batch, k * size).topk(min(beams, k * size), dim=1)
@@ -622,25 +618,53 @@ class OneVision(SequentialRecommender):
             nodes = child.view(batch, k, size)[torch.arange(batch, device=device).unsqueeze(1), parent, code]
         items = torch.where(torch.isfinite(scores), nodes, torch.zeros_like(nodes))
         if self.dense_score_weight:
-            items, scores = self._add_dense(interaction, memory, mask, items, scores, beams)
+            items, scores = self._add_dense(memory, mask, similarity, vectors, first, items, scores, beams)
         missing = beams - items.shape[1]
         if missing > 0:  # keep the documented (batch, beam) shape
             items = F.pad(items, (0, missing))
             scores = F.pad(scores, (0, missing), value=float("-inf"))
         return items, scores
 
-    def _add_dense(self, interaction, memory, mask, items, scores, beams: int):
-        """The beams and the dense head's top ``beams`` items, each scored by its SID log-likelihood
-        (a beam's score is that already) + ``dense_score_weight`` x its dense log-probability;
+    def constrained_log_probs(self, states, level: int, child, rows, similarity, vectors) -> torch.Tensor:
+        """(beams, codes) log-probabilities of level ``level``'s codes for decoder ``states``, over
+        the codes that continue a real SID only (``child``: :meth:`SIDTrie.step` rows; others
+        -inf); ``rows``: each beam's query row (for the photo's ``similarity``)."""
+        logits = self.level_logits(states, level)
+        if similarity is not None:
+            logits = logits + self.visual_logit_bias(similarity[level], level, child, rows)
+        if vectors is not None:
+            logits = logits + self.node_logits(states, vectors[level], child)
+        logits = logits.masked_fill(child < 0, -1e9)
+        return torch.log_softmax(logits, -1).masked_fill(child < 0, float("-inf"))
+
+    def _add_dense(self, memory, mask, similarity, vectors, first, items, scores, beams: int):
+        """The beams and the dense head's top ``beams`` items (``first``: the rows' decoder states
+        at BOS), each scored by its constrained SID log-probability (as beam search scores it;
+        a beam's score is that already) + ``dense_score_weight`` x its dense log-probability;
         the best ``beams`` of them, best first."""
-        bos = torch.full((len(memory), 1), self.bos_token, device=memory.device)
-        dense = torch.log_softmax(self.dense_logits(self.decode(memory, mask, bos)[:, 0]), -1)
-        top = dense.topk(min(beams, self.n_items - 1), 1).indices
-        n = top.shape[1]
-        sid = self.sid_log_likelihood(memory.repeat(n, 1, 1), mask.repeat(n, 1), self._flat(top),
-                                      self.path_similarity(interaction, top)).sum(1).view(n, -1).T
+        dense = torch.log_softmax(self.dense_logits(first), -1)
+        top = dense.topk(min(beams, self.n_items - 1), 1).indices  # (rows, n)
+        rows, n = top.shape
+        # teacher-force the retrieved items through the decoder cache, n hypotheses per row
+        cache = DecoderCache(self.decoder, memory, mask)
+        row = torch.arange(rows, device=top.device).repeat_interleave(n)
+        flat, sid = top.reshape(-1), torch.zeros(rows * n, device=top.device)
+        tokens = self.item_tokens[flat]
+        for level in range(self.levels):
+            if level == 0:  # BOS: the same for a row's n items
+                bos = self.token_embedding.weight[self.bos_token].expand(rows, -1) + self.level_embedding.weight[0]
+                every_row = torch.arange(rows, device=top.device)
+                states = cache.step(self.input_dropout(bos), every_row, every_row)[row]
+                cache.reorder(row)
+                parent = torch.zeros_like(flat)
+            else:
+                inputs = self.token_embedding(tokens[:, level - 1]) + self.level_embedding.weight[level]
+                states = cache.step(self.input_dropout(inputs), torch.arange(rows * n, device=top.device), row)
+                parent = self.trie.item_nodes(level - 1)[flat]
+            logp = self.constrained_log_probs(states, level, self.trie.step(level, parent), row, similarity, vectors)
+            sid = sid + logp.gather(1, (tokens[:, level] - self.offsets[level]).unsqueeze(1)).squeeze(1)
         candidates = torch.cat([items, top], 1)
-        total = torch.cat([scores, sid], 1) + self.dense_score_weight * dense.gather(1, candidates)
+        total = torch.cat([scores, sid.view(rows, n)], 1) + self.dense_score_weight * dense.gather(1, candidates)
         # an item both beamed and retrieved counts once (same score either way, up to rounding)
         ordered, order = candidates.sort(1)
         repeat = torch.zeros_like(ordered, dtype=torch.bool)
