@@ -83,10 +83,38 @@ def mean_item_vectors(model, level: int) -> torch.Tensor:
     return member / member.sum(1, keepdim=True).clamp_min(1) @ model.history_item_embedding.weight[1:]
 
 
+def full_decoder_log_probs(model, batch, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row's ``items`` (rows, k), from the full (uncached) decoder: the constrained SID
+    log-probability (codes that continue no real SID left out; rows, k), and each level's
+    log-probability over the whole codebook (rows * k, levels), as teacher forcing computes it."""
+    memory, mask = model.encode(batch)
+    similarity = model.photo_similarity(batch)
+    k = items.shape[1]
+    rows, best = torch.arange(len(batch)).repeat_interleave(k), items.reshape(-1)
+    targets = model.item_tokens[best]
+    bos = torch.full((len(best), 1), model.bos_token)
+    states = model.decode(memory[rows], mask[rows], torch.cat([bos, targets[:, :-1]], 1))
+    total, parent, unmasked = torch.zeros(len(best)), torch.zeros_like(best), []
+    for level in range(model.levels):
+        child = model.trie.step(level, parent)
+        logits = model.level_logits(states[:, level], level)
+        if similarity is not None:
+            logits = logits + model.visual_logit_bias(similarity[level][rows], level, child)  # rows copied
+        if model.item_output:
+            vectors = mean_item_vectors(model, level)[child.clamp_min(0)]
+            logits = logits + (states[:, level].unsqueeze(1) * vectors).sum(2) * (child >= 0)
+        logp = torch.log_softmax(logits.masked_fill(child < 0, -1e9), -1)
+        code = targets[:, level] - model.offsets[level]
+        total += logp.gather(1, code.unsqueeze(1)).squeeze(1)
+        parent = model.trie.item_nodes(level)[best]
+        unmasked.append(torch.log_softmax(logits, -1).gather(1, code.unsqueeze(1)).squeeze(1))
+    return total.view(len(batch), k), torch.stack(unmasked, 1)
+
+
 @pytest.mark.parametrize("item_output", [False, True])
 def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path, item_output):
-    extra = {"history_item_embedding": True, "item_output": True} if item_output else {}
-    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, **extra)
+    extra = {"history_item_embedding": True, "item_output": True, "dense_loss_weight": 0} if item_output else {}
+    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, **extra)  # the beams alone
     if item_output:  # trained vectors, not the near-zero initial ones, so the term matters
         torch.nn.init.normal_(model.history_item_embedding.weight, std=1.0)
     else:
@@ -104,30 +132,14 @@ def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path,
     top = row.topk(10, dim=1)
     assert torch.equal(top.indices, items[:, :10]) and torch.allclose(top.values, scores[:, :10])
     # the (key/value-cached) beam scores equal the full decoder's constrained log-probabilities
-    memory, mask = model.encode(batch)
-    similarity = model.photo_similarity(batch)
-    rows, best = torch.arange(len(batch)).repeat_interleave(3), items[:, :3].reshape(-1)
-    targets = model.item_tokens[best]
-    bos = torch.full((len(best), 1), model.bos_token)
-    states = model.decode(memory[rows], mask[rows], torch.cat([bos, targets[:, :-1]], 1))
-    total, parent, unmasked = torch.zeros(len(best)), torch.zeros_like(best), []
-    for level in range(model.levels):
-        child = model.trie.step(level, parent)
-        logits = model.level_logits(states[:, level], level)
-        logits = logits + model.visual_logit_bias(similarity[level][rows], level, child)  # rows copied
-        if item_output:
-            vectors = mean_item_vectors(model, level)[child.clamp_min(0)]
-            logits = logits + (states[:, level].unsqueeze(1) * vectors).sum(2) * (child >= 0)
-        logp = torch.log_softmax(logits.masked_fill(child < 0, -1e9), -1)
-        code = targets[:, level] - model.offsets[level]
-        total += logp.gather(1, code.unsqueeze(1)).squeeze(1)
-        parent = model.trie.item_nodes(level)[best]
-        unmasked.append(torch.log_softmax(logits, -1).gather(1, code.unsqueeze(1)).squeeze(1))
-    assert torch.allclose(total.view(len(batch), 3), scores[:, :3], atol=1e-4)
+    total, unmasked = full_decoder_log_probs(model, batch, items[:, :3])
+    assert torch.allclose(total, scores[:, :3], atol=1e-4)
     # teacher forcing (training) adds the same terms, over the level's whole codebook
+    rows, best = torch.arange(len(batch)).repeat_interleave(3), items[:, :3].reshape(-1)
     prior = model.path_similarity(Interaction({k: v[rows] for k, v in batch.interaction.items()}), best)
+    memory, mask = model.encode(batch)
     trained = model.sid_log_likelihood(memory[rows], mask[rows], best, prior)
-    assert torch.allclose(trained, torch.stack(unmasked, 1), atol=1e-4)
+    assert torch.allclose(trained, unmasked, atol=1e-4)
     # an anonymous query with no photo still decodes real items
     batch.interaction["query_id"] = torch.zeros_like(batch["query_id"])
     anonymous, _ = model.generate(batch)
@@ -242,6 +254,94 @@ def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path
     _, _, other, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=not item_output)
     with pytest.raises(ValueError, match=f"--item_output={item_output}"):
         other.load_state_dict(model.state_dict())
+
+
+def dense_target_ranks(model, batches) -> torch.Tensor:
+    """Each training row's target's rank (0 = first) among all items by the dense head."""
+    ranks = []
+    with torch.no_grad():
+        for batch in batches:
+            memory, mask = model.encode(batch)
+            bos = torch.full((len(batch), 1), model.bos_token)
+            logits = model.dense_logits(model.decode(memory, mask, bos)[:, 0])
+            target = logits.gather(1, batch["item_id"].unsqueeze(1))
+            ranks.append((logits > target).sum(1))
+    return torch.cat(ranks).float()
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])  # in DPO, through its likelihood term on the chosen item
+def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stage):
+    """The dense head ranks the training targets far higher with its loss on than with the SID
+    loss alone (which trains it only through the first level's node vectors)."""
+    mean_rank = {}
+    for weight in (0.0, 1.0):
+        _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=True,
+                                             dense_loss_weight=weight)
+        batches = list(train)
+        model.set_stage(stage)
+        train_steps(model, batches, 60)
+        model.eval()
+        mean_rank[weight] = dense_target_ranks(model, batches).mean()
+    assert mean_rank[1.0] < 0.5 * mean_rank[0.0], mean_rank
+
+
+def test_dense_scores_join_the_beams(tiny_root, tmp_path):
+    """With dense_score_weight, the dense head's top items join the beams and every returned
+    item is scored constrained SID log-probability + weight x dense log-probability, best first,
+    each once."""
+    # no visual bias: its -1 for codes that continue no SID would make constrained ~ unconstrained
+    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, history_item_embedding=True,
+                                                   dense_score_weight=2.0, visual_bias=False)
+    torch.nn.init.normal_(model.history_item_embedding.weight, std=1.0)  # a dense head that disagrees with the beams
+    model.eval()
+    batch = next(iter(test))[0]
+    items, scores = model.generate(batch)
+    assert items.shape == (len(batch), config["beam_size"])
+    assert ((items >= 1) & (items < dataset.item_num)).all()
+    assert all(len(set(row.tolist())) == len(row) for row in items)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    memory, mask = model.encode(batch)
+    bos = torch.full((len(batch), 1), model.bos_token)
+    dense = torch.log_softmax(model.dense_logits(model.decode(memory, mask, bos)[:, 0]), -1)
+    constrained, _ = full_decoder_log_probs(model, batch, items)  # as the beams score them
+    assert not torch.allclose(constrained, model(batch, items), atol=1e-3)  # teacher forcing's differ
+    assert torch.allclose(scores, constrained + 2.0 * dense.gather(1, items), atol=1e-4)
+    # every item comes from the beams alone or from the dense head's top beam_size, and some from the latter
+    model.dense_score_weight = 0.0
+    alone, _ = model.generate(batch)
+    model.dense_score_weight = 2.0
+    retrieved = dense.topk(config["beam_size"], 1).indices
+    from_dense = [set(r.tolist()) - set(a.tolist()) for r, a in zip(items, alone)]
+    assert all(extra <= set(d.tolist()) for extra, d in zip(from_dense, retrieved))
+    assert any(from_dense)
+    row = model.full_sort_predict(batch)
+    top = row.topk(10, dim=1)
+    assert torch.equal(top.indices, items[:, :10]) and torch.allclose(top.values, scores[:, :10])
+
+
+@pytest.mark.parametrize("key", ["dense_loss_weight", "dense_score_weight"])
+def test_dense_head_settings_are_checked(tiny_root, tmp_path, key):
+    with pytest.raises(ValueError, match=f"config {key}: expected a value >= 0"):
+        prepare(tiny_root, tmp_path, history_item_embedding=True, **{key: -1.0})
+    with pytest.raises(ValueError, match=f"config {key}: .*without history_item_embedding"):
+        prepare(tiny_root, tmp_path, history_item_embedding=False, **{key: 1.0})
+
+
+def test_dense_head_defaults_and_checkpoints(tiny_root, tmp_path):
+    """Auto: on with item_output (off with photos); scoring by an untrained dense head is refused,
+    in the config and when loading a checkpoint trained without its loss."""
+    _, _, photos, _ = prepare(tiny_root, tmp_path)  # query photos: no item embedding, so no dense head
+    assert (photos.dense_loss_weight, photos.dense_score_weight) == (0.0, 0.0)
+    _, _, auto, _ = prepare(tiny_root, tmp_path, history_item_embedding=True)
+    assert (auto.dense_loss_weight, auto.dense_score_weight) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="dense_score_weight: expected 0 when dense_loss_weight is 0"):
+        prepare(tiny_root, tmp_path, history_item_embedding=True, dense_loss_weight=0, dense_score_weight=1.0)
+    _, _, untrained, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_loss_weight=0)
+    with pytest.raises(ValueError, match="--dense_loss_weight=0 --dense_score_weight=0"):
+        auto.load_state_dict(untrained.state_dict())
+    _, _, beams_only, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_score_weight=0)
+    beams_only.load_state_dict(untrained.state_dict())  # the beams alone need no dense training
+    untrained.load_state_dict(auto.state_dict())  # nor does a dense-trained checkpoint scored by beams
 
 
 @pytest.mark.parametrize("nodes, grad", [(6, True), (100, True), (100, False)])

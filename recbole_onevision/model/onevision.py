@@ -116,6 +116,25 @@ class OneVision(SequentialRecommender):
                 nodes = self.trie.item_nodes(level)[1:]
                 self.register_buffer(f"node_size{level}", torch.bincount(nodes).clamp_min(1).unsqueeze(1).float(),
                                      persistent=False)
+        # a dense head beside the decoder (as LIGER pairs dense and generative retrieval): the
+        # decoder's first state . every item's embedding, one softmax over the catalogue as SASRec
+        # scores. The SID loss reaches an item's vector only through its own subtree, this one
+        # every step; in inference its top items join the beams and its log-probability the scores
+        # auto (~): on with item_output, i.e. by default without query photos (Beauty: see docs)
+        loss_weight, score_weight = config["dense_loss_weight"], config["dense_score_weight"]
+        self.dense_loss_weight = float(self.item_output) if loss_weight is None else float(loss_weight)
+        self.dense_score_weight = (float(self.dense_loss_weight > 0) if score_weight is None
+                                   else float(score_weight))
+        for key, value in (("dense_loss_weight", self.dense_loss_weight),
+                           ("dense_score_weight", self.dense_score_weight)):
+            if value < 0 or (value and not use):
+                raise ValueError(f"config {key}: expected a value >= 0, and 0 without history_item_embedding "
+                                 f"(the dense head scores its vectors); got {value}")
+        if self.dense_score_weight and not self.dense_loss_weight:
+            raise ValueError("config dense_score_weight: expected 0 when dense_loss_weight is 0 (the dense head "
+                             f"would be untrained); got {self.dense_score_weight}")
+        # saved, so a checkpoint trained without the dense loss is not scored by an untrained head
+        self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
         self.encoder = nn.TransformerEncoder(
@@ -167,6 +186,12 @@ class OneVision(SequentialRecommender):
             raise ValueError(f"OneVision checkpoint: it was trained with item_output: {item_output}, this model "
                              f"has {self.item_output}; set `--item_output={item_output}` (checkpoints from "
                              "before item_output have none)")
+        if "dense_trained" not in state_dict:  # checkpoints from before the dense head
+            state_dict = {**state_dict, "dense_trained": torch.tensor(False)}
+        if strict and self.dense_score_weight and not bool(state_dict["dense_trained"]):
+            raise ValueError("OneVision checkpoint: it was trained without the dense head's loss, so its dense "
+                             "scores mean nothing; set `--dense_loss_weight=0 --dense_score_weight=0` "
+                             "(checkpoints from before the dense head have none)")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----- inputs --------------------------------------------------------------------------
@@ -399,10 +424,11 @@ class OneVision(SequentialRecommender):
         codes = slice(int(self.offsets[level]), int(self.offsets[level]) + self.sizes[level])
         return F.linear(states, self.output.weight[codes], self.output.bias[codes])  # this level's rows only
 
-    def sid_log_likelihood(self, memory, mask, items: torch.Tensor,
-                           prior: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def sid_log_likelihood(self, memory, mask, items: torch.Tensor, prior: list[torch.Tensor] | None = None,
+                           first_state: bool = False):
         """(rows, levels) log-probabilities of each level of ``items``' SIDs (teacher forcing);
-        ``prior``: the rows' :meth:`path_similarity` to ``items`` when the visual bias is on."""
+        ``prior``: the rows' :meth:`path_similarity` to ``items`` when the visual bias is on.
+        ``first_state``: also return the decoder's state at BOS (rows, d_model)."""
         targets = self.item_tokens[items]
         bos = torch.full((len(items), 1), self.bos_token, device=items.device)
         states = self.decode(memory, mask, torch.cat([bos, targets[:, :-1]], 1))
@@ -418,7 +444,17 @@ class OneVision(SequentialRecommender):
             logp = torch.log_softmax(logits, -1)
             code = targets[:, level] - self.offsets[level]
             out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
-        return torch.stack(out, 1)
+        return (torch.stack(out, 1), states[:, 0]) if first_state else torch.stack(out, 1)
+
+    def dense_logits(self, first_states: torch.Tensor) -> torch.Tensor:
+        """(rows, n_items): the dense head, decoder states at BOS dotted with every item's
+        embedding (padding id 0 at -inf)."""
+        logits = first_states @ self.history_item_embedding.weight.T
+        return logits.index_fill(1, torch.zeros(1, dtype=torch.long, device=logits.device), float("-inf"))
+
+    def dense_nll(self, first_states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(rows,) the dense head's cross-entropy of ``items`` over the catalogue."""
+        return F.cross_entropy(self.dense_logits(first_states), items, reduction="none")
 
     # ----- training stages ------------------------------------------------------------------
     def supports_stage(self, stage: str) -> bool:
@@ -435,19 +471,23 @@ class OneVision(SequentialRecommender):
         self._reference = ({k: v.detach().clone() for k, v in self.named_parameters()}
                            if stage == "dpo" else None)
 
-    def forward(self, interaction, items: torch.Tensor, prior: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, interaction, items: torch.Tensor, prior: list[torch.Tensor] | None = None,
+                first_state: bool = False):
         """Log-probability of ``items``' SIDs given ``interaction`` (summed over levels):
         ``items`` (rows,) gives (rows,); (rows, n) scores n items per row with one encoder pass.
         ``prior``: :meth:`path_similarity` of the rows to ``items`` in :meth:`_flat` order,
-        when the caller has it already."""
+        when the caller has it already. ``first_state``: also return the rows' decoder state at
+        BOS (rows, d_model), what the dense head reads."""
         memory, mask = self.encode(interaction)
         n = items.shape[1] if items.dim() == 2 else 0
         if n:
             memory, mask = memory.repeat(n, 1, 1), mask.repeat(n, 1)
         if prior is None:
             prior = self.path_similarity(interaction, items)
-        likelihood = self.sid_log_likelihood(memory, mask, self._flat(items), prior).sum(1)
-        return likelihood.view(n, -1).T if n else likelihood
+        likelihood, first = self.sid_log_likelihood(memory, mask, self._flat(items), prior, first_state=True)
+        likelihood = likelihood.sum(1)
+        out = likelihood.view(n, -1).T if n else likelihood
+        return (out, first[:len(out)]) if first_state else out  # _flat order: the rows' first items lead
 
     @staticmethod
     def _flat(items: torch.Tensor) -> torch.Tensor:
@@ -469,7 +509,11 @@ class OneVision(SequentialRecommender):
     def _sft_loss(self, interaction):
         target = interaction[self.POS_ITEM_ID]
         memory, mask = self.encode(interaction)
-        nll = -self.sid_log_likelihood(memory, mask, target, self.path_similarity(interaction, target)).sum(1)
+        logp, first = self.sid_log_likelihood(memory, mask, target, self.path_similarity(interaction, target),
+                                              first_state=True)
+        nll = -logp.sum(1)
+        if self.dense_loss_weight:
+            nll = nll + self.dense_loss_weight * self.dense_nll(first, target)
         weight = self._row_weights(interaction, nll)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
@@ -494,7 +538,8 @@ class OneVision(SequentialRecommender):
             raise RuntimeError("dpo stage without a reference policy: call set_stage('dpo') first")
         items = torch.stack([interaction[self.POS_ITEM_ID], self.rejected_items(interaction)], 1)
         prior = self.path_similarity(interaction, items)  # parameter-free: shared with the reference
-        policy = self(interaction, items, prior).T  # (2, batch): chosen, rejected
+        policy, first = self(interaction, items, prior, first_state=True)
+        policy = policy.T  # (2, batch): chosen, rejected
         training = self.training
         self.train(False)  # the reference policy without dropout
         with torch.no_grad():
@@ -504,6 +549,8 @@ class OneVision(SequentialRecommender):
         # + the chosen item's likelihood (as in RPO, Pang et al. 2024): pure DPO can lower both
         # likelihoods while widening their gap, and on MVShop it then lost ranking quality
         loss = -F.logsigmoid(self.dpo_beta * margin) - self.dpo_sft_weight * policy[0]
+        if self.dense_loss_weight:  # the chosen item's likelihood under the dense head too, as in SFT
+            loss = loss + self.dpo_sft_weight * self.dense_loss_weight * self.dense_nll(first, items[:, 0])
         weight = self._row_weights(interaction, loss)
         return (loss * weight).sum() / weight.sum()
 
@@ -554,15 +601,11 @@ class OneVision(SequentialRecommender):
             rows = live // k
             inputs = self.token_embedding(last.reshape(-1)[live]) + self.level_embedding.weight[level]
             states = cache.step(self.input_dropout(inputs), live, rows)
+            if level == 0:
+                first = states  # one per row: what the dense head reads
             child = torch.full((batch * k, size), -1, dtype=torch.long, device=device)
             child[live] = self.trie.step(level, nodes.view(-1)[live])
-            logits = self.level_logits(states, level)
-            if similarity is not None:
-                logits = logits + self.visual_logit_bias(similarity[level], level, child[live], rows)
-            if vectors is not None:
-                logits = logits + self.node_logits(states, vectors[level], child[live])
-            logits = logits.masked_fill(child[live] < 0, -1e9)
-            logp = torch.log_softmax(logits, -1).masked_fill(child[live] < 0, float("-inf"))
+            logp = self.constrained_log_probs(states, level, child[live], rows, similarity, vectors)
             total = torch.full((batch * k, size), float("-inf"), device=device)
             total[live] = scores.view(-1)[live].unsqueeze(1) + logp
             scores, index = total.view(batch, k * size).topk(min(beams, k * size), dim=1)
@@ -574,11 +617,61 @@ class OneVision(SequentialRecommender):
             last = code + self.offsets[level]
             nodes = child.view(batch, k, size)[torch.arange(batch, device=device).unsqueeze(1), parent, code]
         items = torch.where(torch.isfinite(scores), nodes, torch.zeros_like(nodes))
+        if self.dense_score_weight:
+            items, scores = self._add_dense(memory, mask, similarity, vectors, first, items, scores, beams)
         missing = beams - items.shape[1]
         if missing > 0:  # keep the documented (batch, beam) shape
             items = F.pad(items, (0, missing))
             scores = F.pad(scores, (0, missing), value=float("-inf"))
         return items, scores
+
+    def constrained_log_probs(self, states, level: int, child, rows, similarity, vectors) -> torch.Tensor:
+        """(beams, codes) log-probabilities of level ``level``'s codes for decoder ``states``, over
+        the codes that continue a real SID only (``child``: :meth:`SIDTrie.step` rows; others
+        -inf); ``rows``: each beam's query row (for the photo's ``similarity``)."""
+        logits = self.level_logits(states, level)
+        if similarity is not None:
+            logits = logits + self.visual_logit_bias(similarity[level], level, child, rows)
+        if vectors is not None:
+            logits = logits + self.node_logits(states, vectors[level], child)
+        logits = logits.masked_fill(child < 0, -1e9)
+        return torch.log_softmax(logits, -1).masked_fill(child < 0, float("-inf"))
+
+    def _add_dense(self, memory, mask, similarity, vectors, first, items, scores, beams: int):
+        """The beams and the dense head's top ``beams`` items (``first``: the rows' decoder states
+        at BOS), each scored by its constrained SID log-probability (as beam search scores it;
+        a beam's score is that already) + ``dense_score_weight`` x its dense log-probability;
+        the best ``beams`` of them, best first."""
+        dense = torch.log_softmax(self.dense_logits(first), -1)
+        top = dense.topk(min(beams, self.n_items - 1), 1).indices  # (rows, n)
+        rows, n = top.shape
+        # teacher-force the retrieved items through the decoder cache, n hypotheses per row
+        cache = DecoderCache(self.decoder, memory, mask)
+        row = torch.arange(rows, device=top.device).repeat_interleave(n)
+        flat, sid = top.reshape(-1), torch.zeros(rows * n, device=top.device)
+        tokens = self.item_tokens[flat]
+        for level in range(self.levels):
+            if level == 0:  # BOS: the same for a row's n items
+                bos = self.token_embedding.weight[self.bos_token].expand(rows, -1) + self.level_embedding.weight[0]
+                every_row = torch.arange(rows, device=top.device)
+                states = cache.step(self.input_dropout(bos), every_row, every_row)[row]
+                cache.reorder(row)
+                parent = torch.zeros_like(flat)
+            else:
+                inputs = self.token_embedding(tokens[:, level - 1]) + self.level_embedding.weight[level]
+                states = cache.step(self.input_dropout(inputs), torch.arange(rows * n, device=top.device), row)
+                parent = self.trie.item_nodes(level - 1)[flat]
+            logp = self.constrained_log_probs(states, level, self.trie.step(level, parent), row, similarity, vectors)
+            sid = sid + logp.gather(1, (tokens[:, level] - self.offsets[level]).unsqueeze(1)).squeeze(1)
+        candidates = torch.cat([items, top], 1)
+        total = torch.cat([scores, sid.view(rows, n)], 1) + self.dense_score_weight * dense.gather(1, candidates)
+        # an item both beamed and retrieved counts once (same score either way, up to rounding)
+        ordered, order = candidates.sort(1)
+        repeat = torch.zeros_like(ordered, dtype=torch.bool)
+        repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        total = total.masked_fill(torch.zeros_like(repeat).scatter(1, order, repeat), float("-inf"))
+        total, best = total.topk(min(beams, total.shape[1]), 1)
+        return torch.where(torch.isfinite(total), candidates.gather(1, best), 0), total
 
     def full_sort_predict(self, interaction):
         items, scores = self.generate(interaction)
