@@ -118,8 +118,8 @@ class OneVision(SequentialRecommender):
                                      persistent=False)
         # a dense head beside the decoder (as LIGER pairs dense and generative retrieval): the
         # decoder's first state . every item's embedding, one softmax over the catalogue as SASRec
-        # scores. The SID loss reaches an item's vector only through its own subtree, this one
-        # every step; in inference its top items join the beams and its log-probability the scores
+        # scores. The SID loss scores an item's own vector only when it or a sibling is the target,
+        # this one every step; in inference its top items join the beams and its log-probability the scores
         # auto (~): on with item_output, i.e. by default without query photos (Beauty: see docs)
         loss_weight, score_weight = config["dense_loss_weight"], config["dense_score_weight"]
         self.dense_loss_weight = float(self.item_output) if loss_weight is None else float(loss_weight)
