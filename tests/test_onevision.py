@@ -256,14 +256,18 @@ def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path
         other.load_state_dict(model.state_dict())
 
 
+def dense_logits_of(model, batch) -> torch.Tensor:
+    """(rows, n_items) the dense head's scores, from the full decoder's state at BOS."""
+    memory, mask = model.encode(batch)
+    return model.dense_logits(model.decode(memory, mask, torch.full((len(batch), 1), model.bos_token))[:, 0])
+
+
 def dense_target_ranks(model, batches) -> torch.Tensor:
     """Each training row's target's rank (0 = first) among all items by the dense head."""
     ranks = []
     with torch.no_grad():
         for batch in batches:
-            memory, mask = model.encode(batch)
-            bos = torch.full((len(batch), 1), model.bos_token)
-            logits = model.dense_logits(model.decode(memory, mask, bos)[:, 0])
+            logits = dense_logits_of(model, batch)
             target = logits.gather(1, batch["item_id"].unsqueeze(1))
             ranks.append((logits > target).sum(1))
     return torch.cat(ranks).float()
@@ -300,9 +304,7 @@ def test_dense_scores_join_the_beams(tiny_root, tmp_path):
     assert ((items >= 1) & (items < dataset.item_num)).all()
     assert all(len(set(row.tolist())) == len(row) for row in items)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
-    memory, mask = model.encode(batch)
-    bos = torch.full((len(batch), 1), model.bos_token)
-    dense = torch.log_softmax(model.dense_logits(model.decode(memory, mask, bos)[:, 0]), -1)
+    dense = torch.log_softmax(dense_logits_of(model, batch), -1)
     constrained, _ = full_decoder_log_probs(model, batch, items)  # as the beams score them
     assert not torch.allclose(constrained, model(batch, items), atol=1e-3)  # teacher forcing's differ
     assert torch.allclose(scores, constrained + 2.0 * dense.gather(1, items), atol=1e-4)

@@ -647,21 +647,21 @@ class OneVision(SequentialRecommender):
         rows, n = top.shape
         # teacher-force the retrieved items through the decoder cache, n hypotheses per row
         cache = DecoderCache(self.decoder, memory, mask)
-        row = torch.arange(rows, device=top.device).repeat_interleave(n)
-        flat, sid = top.reshape(-1), torch.zeros(rows * n, device=top.device)
-        tokens = self.item_tokens[flat]
-        for level in range(self.levels):
-            if level == 0:  # BOS: the same for a row's n items
-                bos = self.token_embedding.weight[self.bos_token].expand(rows, -1) + self.level_embedding.weight[0]
-                every_row = torch.arange(rows, device=top.device)
-                states = cache.step(self.input_dropout(bos), every_row, every_row)[row]
-                cache.reorder(row)
-                parent = torch.zeros_like(flat)
-            else:
-                inputs = self.token_embedding(tokens[:, level - 1]) + self.level_embedding.weight[level]
-                states = cache.step(self.input_dropout(inputs), torch.arange(rows * n, device=top.device), row)
-                parent = self.trie.item_nodes(level - 1)[flat]
-            logp = self.constrained_log_probs(states, level, self.trie.step(level, parent), row, similarity, vectors)
+        every_row = torch.arange(rows, device=top.device)
+        row = every_row.repeat_interleave(n)
+        flat, tokens = top.reshape(-1), self.item_tokens[top.reshape(-1)]
+        # BOS and the first level are the same for a row's n items: decoded and scored once per row
+        bos = self.token_embedding.weight[self.bos_token].expand(rows, -1) + self.level_embedding.weight[0]
+        states = cache.step(self.input_dropout(bos), every_row, every_row)
+        logp = self.constrained_log_probs(states, 0, self.trie.step(0, torch.zeros_like(every_row)), every_row,
+                                          similarity, vectors)
+        sid = logp[row, tokens[:, 0] - self.offsets[0]]
+        cache.reorder(row)
+        for level in range(1, self.levels):
+            inputs = self.token_embedding(tokens[:, level - 1]) + self.level_embedding.weight[level]
+            states = cache.step(self.input_dropout(inputs), torch.arange(rows * n, device=top.device), row)
+            child = self.trie.step(level, self.trie.item_nodes(level - 1)[flat])
+            logp = self.constrained_log_probs(states, level, child, row, similarity, vectors)
             sid = sid + logp.gather(1, (tokens[:, level] - self.offsets[level]).unsqueeze(1)).squeeze(1)
         candidates = torch.cat([items, top], 1)
         total = torch.cat([scores, sid.view(rows, n)], 1) + self.dense_score_weight * dense.gather(1, candidates)
