@@ -321,6 +321,21 @@ def test_dense_scores_join_the_beams(tiny_root, tmp_path):
     assert torch.equal(top.indices, items[:, :10]) and torch.allclose(top.values, scores[:, :10])
 
 
+def test_dense_only_ranks_every_item_by_the_dense_head(tiny_root, tmp_path):
+    """The ablation: full_sort_predict gives every item its dense log-probability (a finite score
+    for each, not the beams' few), the same ranking as the dense head's logits."""
+    _, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_only=True)
+    torch.nn.init.normal_(model.history_item_embedding.weight, std=1.0)
+    model.eval()
+    batch = next(iter(test))[0]
+    row = model.full_sort_predict(batch)
+    assert torch.isfinite(row[:, 1:]).all() and torch.isinf(row[:, 0]).all()
+    assert torch.allclose(row[:, 1:], torch.log_softmax(dense_logits_of(model, batch), -1)[:, 1:], atol=1e-5)
+    model.dense_only = False
+    beams = model.full_sort_predict(batch)
+    assert (torch.isfinite(beams).sum(1) <= model.beam_size).all()  # what dense_only is compared with
+
+
 @pytest.mark.parametrize("key", ["dense_loss_weight", "dense_score_weight"])
 def test_dense_head_settings_are_checked(tiny_root, tmp_path, key):
     with pytest.raises(ValueError, match=f"config {key}: expected a value >= 0"):
@@ -343,6 +358,12 @@ def test_dense_head_defaults_and_checkpoints(tiny_root, tmp_path):
         auto.load_state_dict(untrained.state_dict())
     _, _, beams_only, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_score_weight=0)
     beams_only.load_state_dict(untrained.state_dict())  # the beams alone need no dense training
+    with pytest.raises(ValueError, match="dense_only: True needs dense_loss_weight > 0"):
+        prepare(tiny_root, tmp_path, history_item_embedding=True, dense_loss_weight=0, dense_only=True)
+    _, _, dense_only, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_only=True)
+    with pytest.raises(ValueError, match="no `--dense_only`"):
+        dense_only.load_state_dict(untrained.state_dict())
+    dense_only.load_state_dict(auto.state_dict())
     untrained.load_state_dict(auto.state_dict())  # nor does a dense-trained checkpoint scored by beams
 
 

@@ -133,6 +133,11 @@ class OneVision(SequentialRecommender):
         if self.dense_score_weight and not self.dense_loss_weight:
             raise ValueError("config dense_score_weight: expected 0 when dense_loss_weight is 0 (the dense head "
                              f"would be untrained); got {self.dense_score_weight}")
+        # an ablation: rank by the dense head alone, as SASRec ranks, to tell its part from the beams'
+        self.dense_only = bool(config["dense_only"])
+        if self.dense_only and not self.dense_loss_weight:
+            raise ValueError("config dense_only: True needs dense_loss_weight > 0 (the dense head would be "
+                             "untrained)")
         # saved, so a checkpoint trained without the dense loss is not scored by an untrained head
         self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
 
@@ -188,10 +193,10 @@ class OneVision(SequentialRecommender):
                              "before item_output have none)")
         if "dense_trained" not in state_dict:  # checkpoints from before the dense head
             state_dict = {**state_dict, "dense_trained": torch.tensor(False)}
-        if strict and self.dense_score_weight and not bool(state_dict["dense_trained"]):
+        if strict and (self.dense_score_weight or self.dense_only) and not bool(state_dict["dense_trained"]):
             raise ValueError("OneVision checkpoint: it was trained without the dense head's loss, so its dense "
-                             "scores mean nothing; set `--dense_loss_weight=0 --dense_score_weight=0` "
-                             "(checkpoints from before the dense head have none)")
+                             "scores mean nothing; set `--dense_loss_weight=0 --dense_score_weight=0` and no "
+                             "`--dense_only` (checkpoints from before the dense head have none)")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----- inputs --------------------------------------------------------------------------
@@ -674,6 +679,10 @@ class OneVision(SequentialRecommender):
         return torch.where(torch.isfinite(total), candidates.gather(1, best), 0), total
 
     def full_sort_predict(self, interaction):
+        if self.dense_only:  # every item's dense log-probability; no beam search
+            memory, mask = self.encode(interaction, prune=self.prune)
+            bos = torch.full((len(memory), 1), self.bos_token, device=memory.device)
+            return torch.log_softmax(self.dense_logits(self.decode(memory, mask, bos)[:, 0]), -1)
         items, scores = self.generate(interaction)
         out = torch.full((len(items), self.n_items), float("-inf"), device=items.device)
         out.scatter_(1, items, scores)
