@@ -324,7 +324,7 @@ def test_dense_scores_join_the_beams(tiny_root, tmp_path):
 def test_dense_only_ranks_every_item_by_the_dense_head(tiny_root, tmp_path):
     """The ablation: full_sort_predict gives every item its dense log-probability (a finite score
     for each, not the beams' few), the same ranking as the dense head's logits."""
-    _, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_only=True)
+    _, _, model, (_, _, test) = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_only=True)
     torch.nn.init.normal_(model.history_item_embedding.weight, std=1.0)
     model.eval()
     batch = next(iter(test))[0]
