@@ -64,7 +64,8 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
     config["tokenizer"] = config["tokenizer"] or "VRQ"
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])))
+    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
+                  config["mvshop_seed"])
     check_dataset_files(config)
     data = create_dataset(config)
     tokenizer_name, config["tokenizer"] = config["tokenizer"], None  # fitted per variant below

@@ -314,13 +314,18 @@ def generate(scale: str, out: str, seed: int = 2025, spec: MVShopSpec | None = N
     return folder
 
 
-def ensure(dataset: str, data_path: str) -> bool:
+def ensure(dataset: str, data_path: str, seed=2025) -> bool:
     """If ``dataset`` names an MVShop scale (``mvshop-mini`` ...), generate it under
-    ``data_path`` unless it is already there. Returns whether ``dataset`` is MVShop."""
+    ``data_path`` with ``seed`` (config ``mvshop_seed``) unless it is already there.
+    Returns whether ``dataset`` is MVShop."""
     scale = dataset[len("mvshop-"):] if dataset.startswith("mvshop-") else None
     if scale not in SCALES:
         return False
-    generate(scale, data_path)
+    if seed is None:
+        seed = 2025
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"config mvshop_seed: expected an integer (the MVShop generator's seed), got {seed!r}")
+    generate(scale, data_path, seed)
     return True
 
 
