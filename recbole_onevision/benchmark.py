@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from recbole_onevision.cli import parse_with_overrides
 from recbole_onevision.io import atomic_write_text
 
 QUICK = ["--epochs=1", "--stage_epochs={'pretrain': 1, 'sft': 1, 'dpo': 1}", "--vrq_align_steps=50"]
@@ -263,10 +264,7 @@ def main(argv=None) -> dict:
                         help="run nothing: write the table and plot of the cells finished so far, naming the missing ones")
     parser.add_argument("--latency_queries", type=int, default=None,
                         help="single queries timed per cell (default 200; 20 with --quick)")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [a for a in overrides if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}: overrides must look like --key=value")
+    args, overrides = parse_with_overrides(parser, argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
