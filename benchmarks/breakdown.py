@@ -24,6 +24,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from recbole_onevision.cli import config_file_list, parse_with_overrides  # noqa: E402 (light: argparse only)
 
 
 def leave_one_out_stats(config, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -106,17 +107,14 @@ def main(argv=None) -> str:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--runs", nargs="+", required=True, help="MODEL=checkpoint.pth, one per model")
     parser.add_argument("--config_files", default=None, help="extra config files (space or comma separated), as for run.py")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [a for a in overrides if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}: overrides must look like --key=value")
+    args, overrides = parse_with_overrides(parser, argv)
     runs = {}
     for run in args.runs:
         model, sep, path = run.partition("=")
         if not sep or not model or not path:
             parser.error(f"--runs: expected MODEL=checkpoint.pth, got {run!r}")
         runs[model] = path
-    files = args.config_files.replace(",", " ").split() if args.config_files else None
+    files = config_file_list(args.config_files)
     results = {model: test_ranks(model, path, args.dataset, files, overrides) for model, path in runs.items()}
     first = next(iter(results.values()))
     for model, (_, pop, length) in results.items():  # every model saw the same test users

@@ -27,6 +27,7 @@ from recbole.utils import init_logger, init_seed
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_onevision.cli import parse_with_overrides  # noqa: E402
 from recbole_onevision.compat import load_checkpoint  # noqa: E402
 from recbole_onevision.config import Config  # noqa: E402
 from recbole_onevision.quick_start import single_query_latency  # noqa: E402
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset", default="mvshop-mini")
     parser.add_argument("--latency_queries", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (off, on alternating); best kept")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parse_with_overrides(parser, argv)
     config = Config("OneVision", args.dataset, None, {"show_progress": False}, cmd_args=overrides)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)

@@ -16,8 +16,10 @@ difference to the best one and to the next one down the ranking is significant (
 p < 0.05); ``<out>/benchmark.png``
 plots quality against latency. ``--quick`` is a smoke run: one epoch per stage, a short VRQ
 fit, few timed queries. ``--report`` runs nothing and reports the cells finished so far (a grid
-too long for one sitting, run a part at a time), naming the missing ones. ``--key=value``
-overrides go to every run.
+too long for one sitting, run a part at a time), naming the missing ones and, where a missing
+cell has a result from other plugin code, that code's digest and the git commit it ran at
+(recorded in each cell's JSON): a grid belongs to one version of the code, and is reported from
+a checkout of it. ``--key=value`` overrides go to every run.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import time
 
 import numpy as np
 
+from recbole_onevision.cli import parse_with_overrides
 from recbole_onevision.io import atomic_write_text
 
 QUICK = ["--epochs=1", "--stage_epochs={'pretrain': 1, 'sft': 1, 'dpo': 1}", "--vrq_align_steps=50"]
@@ -117,6 +120,21 @@ def finished_cell(out: str, dataset: str, model: str, seed: int, overrides: list
         return json.load(f)
 
 
+def other_code_cells(out: str, dataset: str, model: str, seed: int, code: str) -> list[dict]:
+    """Finished results of this cell made by other plugin code (or other overrides): what a
+    report at this code cannot use, but can point to."""
+    folder = os.path.join(out, "cells", dataset, model)
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        result_file = os.path.join(folder, name, "result.json")
+        if name.startswith(f"seed{seed}-") and os.path.isfile(result_file):
+            with open(result_file) as f:
+                result = json.load(f)
+            if result.get("plugin_code") != code:
+                found.append(result)
+    return found
+
+
 def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str], code: str, log) -> dict:
     """Run one cell in a child process unless its result exists; return the result."""
     folder = cell_dir(out, dataset, model, seed, overrides, code)
@@ -149,10 +167,21 @@ def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str]
         result = json.load(f)
     result["wall_seconds"] = time.time() - start
     result["plugin_code"] = code
+    result["plugin_git"] = git_revision().strip(" ()")  # where to find that code again
     atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
     log(f"{dataset} / {model} / seed {seed}: test {QUALITY} {result['test_result'][QUALITY]:.4f} "
         f"in {result['wall_seconds']:.0f}s")
     return result
+
+
+def other_code_note(elsewhere: dict[str, set[str]]) -> str:
+    """Where results of the missing cells from other code are (``--report`` never mixes code)."""
+    if not elsewhere:
+        return ""
+    made = "; ".join(str(code) + (f" at {', '.join(sorted(g for g in gits if g))}" if any(gits) else "")
+                     for code, gits in sorted(elsewhere.items(), key=lambda kv: str(kv[0])))
+    return (f" Some of them have results from other plugin code, which this report does not mix in "
+            f"({made}): run it in a checkout of that code to see them.")
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
@@ -263,10 +292,7 @@ def main(argv=None) -> dict:
                         help="run nothing: write the table and plot of the cells finished so far, naming the missing ones")
     parser.add_argument("--latency_queries", type=int, default=None,
                         help="single queries timed per cell (default 200; 20 with --quick)")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [a for a in overrides if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}: overrides must look like --key=value")
+    args, overrides = parse_with_overrides(parser, argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -285,6 +311,7 @@ def main(argv=None) -> dict:
     log("plugin code digests " + ", ".join(f"{m} {c}" for m, c in code.items())
         + ": cells made by this code and these overrides are reused")
     total, results, missing = len(models) * len(datasets) * len(seeds), {}, []
+    elsewhere: dict[str, set[str]] = {}  # other plugin code -> git revisions, of missing cells' results
     n = 0
     for dataset in datasets:
         for model in models:
@@ -294,13 +321,16 @@ def main(argv=None) -> dict:
                     result = finished_cell(args.out, dataset, model, seed, overrides, code[model])
                     if result is None:
                         missing.append(f"{dataset} / {model} / seed {seed}")
+                        for other in other_code_cells(args.out, dataset, model, seed, code[model]):
+                            elsewhere.setdefault(other.get("plugin_code"), set()).add(other.get("plugin_git", ""))
                         continue
                 else:
                     log(f"cell {n}/{total}")
                     result = run_cell(args.out, dataset, model, seed, overrides, code[model], log)
                 results.setdefault((dataset, model), []).append(result)
     if not results:
-        parser.error(f"--report: no finished cell of this grid under {args.out} (same overrides, same code)")
+        parser.error(f"--report: no finished cell of this grid under {args.out} (same overrides, same code)"
+                     + other_code_note(elsewhere))
     rows = summarise(results)
     import torch
 
@@ -311,7 +341,8 @@ def main(argv=None) -> dict:
               f"{', '.join(f'{m} {c}' for m, c in code.items())}{git_revision()}; "
               f"seeds {', '.join(map(str, seeds))}"
               + ("; --quick (smoke run, not a result)" if args.quick else "")
-              + (f"\n\n**Partial: {len(missing)} of {total} cells not run yet:** {'; '.join(missing)}." if missing else ""))
+              + (f"\n\n**Partial: {len(missing)} of {total} cells not run yet:** {'; '.join(missing)}."
+                 + other_code_note(elsewhere) if missing else ""))
     report = markdown(rows, header)
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "benchmark.md"), report)

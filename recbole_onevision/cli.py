@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 DEFAULT_MODEL = "OneVision"
 DEFAULT_DATASET = "mvshop-mini"
@@ -14,7 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate a recommender with RecBole's trainer and evaluator. "
         "Plugin models (recbole_onevision.model) are looked up first, then RecBole's own.",
         epilog="Any other --key=value sets that RecBole/plugin config key, overriding YAML "
-        "files, e.g. --epochs=5 --topk=[5,10] --metrics=[Recall,NDCG] --gpu_id=0. "
+        "files; values are read as Python literals where they parse as one, so quote lists of names: "
+        "--epochs=5 --topk=[5,10] \"--metrics=['Recall','NDCG']\" --gpu_id=0. "
         "Results are logged as a table and saved as JSON under checkpoint_dir (saved/).",
     )
     parser.add_argument("--model", "-m", default=DEFAULT_MODEL,
@@ -29,13 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """``parser``'s own arguments, and the rest as ``--key=value`` config overrides (the
+    command lines of run.py, the benchmark, the tokenizer report and benchmarks/ scripts);
+    anything else is a usage error."""
+    args, overrides = parser.parse_known_args(argv)
     bad = [a for a in overrides if not (a.startswith("--") and "=" in a)]
     if bad:
         parser.error(f"unrecognised arguments {bad}: overrides must look like --key=value")
-    files = args.config_files.replace(",", " ").split() if args.config_files else None
+    return args, overrides
+
+
+def config_file_list(value: str | None) -> list[str] | None:
+    """``--config_files``: space- or comma-separated YAML files."""
+    return value.replace(",", " ").split() if value else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args, overrides = parse_with_overrides(parser, argv)
+    files = config_file_list(args.config_files)
     from recbole_onevision.quick_start import run  # heavy imports after --help
 
     try:

@@ -97,10 +97,20 @@ def result_summary(result: dict) -> str:
     lines = [set_color("results", "yellow") + f" ({result['model']} on {result['dataset']}, "
              f"trained {result['train_seconds']:.0f}s)", table, f"results saved to {result['results_file']}"]
     if result["checkpoint"] and not result["evaluated_only"]:
+        args = result["run_args"] + [f"--checkpoint={result['checkpoint']}"]
         lines += [f"best checkpoint: {result['checkpoint']}",
-                  f"re-evaluate it: python run.py --model={result['model']} --dataset={result['dataset']} "
-                  + shlex.quote(f"--checkpoint={result['checkpoint']}")]
+                  "re-evaluate it: python run.py " + " ".join(map(shlex.quote, args))]
     return "\n".join(lines)
+
+
+def run_args(config, config_file_list=None, config_dict=None, cmd_args=None) -> list[str]:
+    """``run.py`` arguments that rebuild this run's config: model, dataset, config files and
+    every override (``config_dict`` entries as Python literals, which the config parses back)."""
+    args = [f"--model={config['model']}", f"--dataset={config['dataset']}"]
+    if config_file_list:
+        args.append("--config_files=" + ",".join(config_file_list))
+    args += [f"--{key}={value!r}" for key, value in (config_dict or {}).items()]
+    return args + [a for a in cmd_args or [] if not a.startswith("--checkpoint=")]
 
 
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None,
@@ -117,7 +127,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     logger = getLogger()
     logger.info(config)
     # bundled data is generated on first use (and reused after: the generator checks its spec)
-    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])))
+    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
+                  config["mvshop_seed"])
     check_dataset_files(config)
 
     dataset = create_dataset(config)
@@ -165,6 +176,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "evaluated_only": bool(checkpoint),
         "latency_ms": latency,
         "peak_rss_gb": peak_rss_gb(),
+        "run_args": run_args(config, config_file_list, config_dict, cmd_args),
     }
     results_file = os.path.join(
         config["checkpoint_dir"], f"{config['model']}-{config['dataset']}-{int(start)}.json")

@@ -14,9 +14,9 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 
+from recbole_onevision.cli import config_file_list, parse_with_overrides
 from recbole_onevision.io import atomic_write_text
 
 ABLATIONS = {
@@ -64,7 +64,8 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
     config["tokenizer"] = config["tokenizer"] or "VRQ"
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])))
+    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
+                  config["mvshop_seed"])
     check_dataset_files(config)
     data = create_dataset(config)
     tokenizer_name, config["tokenizer"] = config["tokenizer"], None  # fitted per variant below
@@ -89,12 +90,8 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in rest if a.startswith("--") and "=" in a]
-    unknown = [a for a in rest if a not in overrides]
-    if unknown:
-        parser.error(f"unrecognised arguments: {' '.join(unknown)} (overrides are --key=value)")
-    files = args.config_files.replace(",", " ").split() if args.config_files else None
+    args, overrides = parse_with_overrides(parser, argv)
+    files = config_file_list(args.config_files)
     from recbole_onevision.tokenizer.report import format_reports
 
     try:

@@ -1,4 +1,5 @@
 """The one-command benchmark: a quick grid runs, writes its table and plot, and resumes."""
+import json
 import os
 import shutil
 
@@ -37,6 +38,13 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     partial = main([*argv[:2], "VisualKNN,MCA,Pop", *argv[3:], "--report"])
     assert set(partial) == set(rows) and [p.stat().st_mtime for p in logs] == stamps
     assert "2 of 6 cells not run yet:** tinyshop / Pop / seed 1; tinyshop / Pop / seed 2." in (out / "benchmark.md").read_text()
+    # a missing cell run by other code is pointed to, never used; new cells record their git commit
+    assert all("plugin_git" in json.loads(p.read_text()) for p in (out / "cells").rglob("result.json"))
+    old = out / "cells" / "tinyshop" / "Pop" / "seed1-0ldc0de0"
+    old.mkdir(parents=True)
+    (old / "result.json").write_text(json.dumps({"plugin_code": "0123456789ab", "plugin_git": "git abc1234"}))
+    assert set(main([*argv[:2], "VisualKNN,MCA,Pop", *argv[3:], "--report"])) == set(rows)
+    assert "other plugin code, which this report does not mix in (0123456789ab at git abc1234)" in (out / "benchmark.md").read_text()
     # other plugin code makes other cells: results of older code are never reused
     assert benchmark.code_digest() == benchmark.code_digest()
     same = benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")

@@ -1,4 +1,3 @@
-import pickle
 import subprocess
 import sys
 

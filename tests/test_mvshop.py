@@ -27,6 +27,27 @@ def test_same_seed_same_files_and_cache_reuse(tmp_path):
     assert not filecmp.cmp(f"{a}/mvshop-mini.inter", f"{c}/mvshop-mini.inter", shallow=False)
 
 
+def test_run_py_generates_with_the_configured_seed(tmp_path, monkeypatch):
+    """``mvshop_seed`` (mvshop.yaml, default 2025) reaches the generator; a bad one is named."""
+    from recbole_onevision.quick_start import run
+
+    class Generated(Exception):
+        pass
+
+    def record(scale, out, seed=2025, spec=None):
+        raise Generated(scale, seed)
+
+    monkeypatch.setattr(mvshop, "generate", record)
+    for args, seed in (([], 2025), (["--mvshop_seed=7"], 7)):
+        with pytest.raises(Generated) as generated:
+            run("Pop", "mvshop-mini", cmd_args=[*args, f"--data_path={tmp_path}", "--state=WARNING",
+                                                f"--checkpoint_dir={tmp_path}"])
+        assert generated.value.args == ("mini", seed)
+    assert not mvshop.ensure("Beauty", str(tmp_path), 7)  # not MVShop: nothing generated
+    with pytest.raises(ValueError, match="config mvshop_seed: expected an integer"):
+        mvshop.ensure("mvshop-mini", str(tmp_path), "seven")
+
+
 def test_unknown_scale_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown MVShop scale 'huge'"):
         mvshop.generate("huge", str(tmp_path))

@@ -12,7 +12,7 @@ from recbole_onevision import registry
 from recbole_onevision.cli import main as run_main
 from recbole_onevision.compat import SafeCheckpointMixin
 from recbole_onevision.config import Config
-from recbole_onevision.quick_start import result_summary
+from recbole_onevision.quick_start import result_summary, run_args
 
 
 class LastItemEcho(SequentialRecommender):
@@ -123,7 +123,24 @@ def test_plugin_model_trains_through_run_py(plugin_model, tmp_path, quiet_config
     assert os.path.isfile(result["results_file"])
     # the command the run's summary ends with evaluates the saved checkpoint to the same test
     # result without training
+    # result without training: it repeats the run's overrides, so a non-default model is rebuilt
     command = shlex.split(result_summary(result).splitlines()[-1].split("python run.py ")[1])
-    assert f"--checkpoint={result['checkpoint']}" in command
-    again = run_main(command + ["--show_progress=False", "--state=WARNING", f"--checkpoint_dir={tmp_path}"])
+    assert f"--checkpoint={result['checkpoint']}" in command and "--learning_rate=0.05" in command
+    again = run_main(command)
     assert again["test_result"] == result["test_result"] and again["evaluated_only"]
+
+
+def test_run_args_rebuild_the_config(tmp_path):
+    """What the re-evaluate command is made of: files, dict and command-line overrides, parsed
+    back by the config to the same values; a checkpoint argument is not repeated."""
+    yaml_file = tmp_path / "extra.yaml"
+    yaml_file.write_text("stopping_step: 3\n")
+    config = Config("Pop", "ml-100k", [str(yaml_file)], {"topk": [5, 10], "state": "WARNING"},
+                    ["--epochs=3", "--checkpoint=old.pth"])
+    args = run_args(config, [str(yaml_file)], {"topk": [5, 10], "state": "WARNING"},
+                    ["--epochs=3", "--checkpoint=old.pth"])
+    assert args[:3] == ["--model=Pop", "--dataset=ml-100k", f"--config_files={yaml_file}"]
+    assert not any(a.startswith("--checkpoint") for a in args)
+    again = Config("Pop", "ml-100k", [str(yaml_file)], cmd_args=args[3:])
+    for key in ("topk", "state", "epochs", "stopping_step"):
+        assert again[key] == config[key]

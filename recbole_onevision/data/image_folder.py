@@ -59,7 +59,6 @@ def scan(src: str) -> list[tuple[str, str, str]]:
                 raise ImageFolderError(f"{obj_dir}: no images")
     if not records:
         raise ImageFolderError(f"{src}: no images found (expected <category>/<object>/<view>.jpg)")
-    objects = [r[1] for r in records]
     seen = {}
     for category, obj, _ in records:
         if seen.setdefault(obj, category) != category:

@@ -50,6 +50,7 @@ from recbole_onevision.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
 GENERATOR_VERSION = 1  # bump whenever the story changes: cached folders are reused by it
+DEFAULT_SEED = 2025  # run.py's (mvshop_seed in properties/dataset/mvshop.yaml) and the command line's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +260,7 @@ def make_sessions(spec: MVShopSpec, cat: Catalogue, users: Users, rng: np.random
     return rows
 
 
-def generate(scale: str, out: str, seed: int = 2025, spec: MVShopSpec | None = None) -> str:
+def generate(scale: str, out: str, seed: int = DEFAULT_SEED, spec: MVShopSpec | None = None) -> str:
     """Generate MVShop ``scale`` into ``out/mvshop-<scale>/``; returns that folder.
 
     Reuses an existing folder whose ``.json`` records the same spec, seed and generator
@@ -314,13 +315,18 @@ def generate(scale: str, out: str, seed: int = 2025, spec: MVShopSpec | None = N
     return folder
 
 
-def ensure(dataset: str, data_path: str) -> bool:
+def ensure(dataset: str, data_path: str, seed: int | None = DEFAULT_SEED) -> bool:
     """If ``dataset`` names an MVShop scale (``mvshop-mini`` ...), generate it under
-    ``data_path`` unless it is already there. Returns whether ``dataset`` is MVShop."""
+    ``data_path`` with ``seed`` (config ``mvshop_seed``) unless it is already there.
+    Returns whether ``dataset`` is MVShop."""
     scale = dataset[len("mvshop-"):] if dataset.startswith("mvshop-") else None
     if scale not in SCALES:
         return False
-    generate(scale, data_path)
+    if seed is None:
+        seed = DEFAULT_SEED
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"config mvshop_seed: expected an integer (the MVShop generator's seed), got {seed!r}")
+    generate(scale, data_path, seed)
     return True
 
 
@@ -329,7 +335,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="mini")
     parser.add_argument("--out", default="dataset", help="data_path to write into (default: dataset)")
-    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     generate(args.scale, args.out, args.seed)
