@@ -180,8 +180,8 @@ def other_code_note(elsewhere: dict[str, set[str]]) -> str:
         return ""
     made = "; ".join(str(code) + (f" at {', '.join(sorted(g for g in gits if g))}" if any(gits) else "")
                      for code, gits in sorted(elsewhere.items(), key=lambda kv: str(kv[0])))
-    return (f" Some of them have results from other plugin code, which this report does not mix in "
-            f"({made}): run it in a checkout of that code to see them.")
+    return (f" Results of other plugin code exist for some of these cells ({made}); a report never mixes "
+            "code: run it in a checkout of that code to see them.")
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
@@ -329,7 +329,7 @@ def main(argv=None) -> dict:
                     result = run_cell(args.out, dataset, model, seed, overrides, code[model], log)
                 results.setdefault((dataset, model), []).append(result)
     if not results:
-        parser.error(f"--report: no finished cell of this grid under {args.out} (same overrides, same code)"
+        parser.error(f"--report: no finished cell of this grid under {args.out} (same overrides, same code)."
                      + other_code_note(elsewhere))
     rows = summarise(results)
     import torch

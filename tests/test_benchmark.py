@@ -44,7 +44,7 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     old.mkdir(parents=True)
     (old / "result.json").write_text(json.dumps({"plugin_code": "0123456789ab", "plugin_git": "git abc1234"}))
     assert set(main([*argv[:2], "VisualKNN,MCA,Pop", *argv[3:], "--report"])) == set(rows)
-    assert "other plugin code, which this report does not mix in (0123456789ab at git abc1234)" in (out / "benchmark.md").read_text()
+    assert "Results of other plugin code exist for some of these cells (0123456789ab at git abc1234)" in (out / "benchmark.md").read_text()
     # other plugin code makes other cells: results of older code are never reused
     assert benchmark.code_digest() == benchmark.code_digest()
     same = benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
