@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -94,21 +95,26 @@ def code_digest(model: str | None = None) -> str:
 
 
 def git_revision() -> str:
-    """`` (git <commit>[, modified])`` of the checkout the plugin runs from, or ``""`` outside git."""
+    """``git <commit>[, modified]`` of the checkout the plugin runs from, or ``""`` outside git."""
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=PLUGIN_DIR, capture_output=True, text=True,  # noqa: E731
                                         check=True, timeout=10).stdout.strip()
         commit, changes = run("rev-parse", "--short", "HEAD"), run("status", "--porcelain", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return ""
-    return f" (git {commit}{', modified' if changes else ''})"
+    return f"git {commit}{', modified' if changes else ''}"
+
+
+def cell_prefix(out: str, dataset: str, model: str, seed: int) -> str:
+    """What the folders of one (dataset, model, seed) cell start with, whatever code and settings."""
+    return os.path.join(out, "cells", dataset, model, f"seed{seed}-")
 
 
 def cell_dir(out: str, dataset: str, model: str, seed: int, overrides: list[str], code: str) -> str:
     """The cell's folder; named by the overrides and the ``code`` digest too, so a grid rerun
     with other settings or other code never reuses results made with different ones."""
     settings = hashlib.sha1("\n".join([code, *overrides]).encode()).hexdigest()[:8]
-    return os.path.join(out, "cells", dataset, model, f"seed{seed}-{settings}")
+    return cell_prefix(out, dataset, model, seed) + settings
 
 
 def finished_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str], code: str) -> dict | None:
@@ -121,17 +127,14 @@ def finished_cell(out: str, dataset: str, model: str, seed: int, overrides: list
 
 
 def other_code_cells(out: str, dataset: str, model: str, seed: int, code: str) -> list[dict]:
-    """Finished results of this cell made by other plugin code (or other overrides): what a
-    report at this code cannot use, but can point to."""
-    folder = os.path.join(out, "cells", dataset, model)
+    """Finished results of this cell made by other plugin code: what a report at this code
+    cannot use, but can point to."""
     found = []
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        result_file = os.path.join(folder, name, "result.json")
-        if name.startswith(f"seed{seed}-") and os.path.isfile(result_file):
-            with open(result_file) as f:
-                result = json.load(f)
-            if result.get("plugin_code") != code:
-                found.append(result)
+    for result_file in sorted(glob.glob(glob.escape(cell_prefix(out, dataset, model, seed)) + "*/result.json")):
+        with open(result_file) as f:
+            result = json.load(f)
+        if result.get("plugin_code") != code:
+            found.append(result)
     return found
 
 
@@ -167,7 +170,7 @@ def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str]
         result = json.load(f)
     result["wall_seconds"] = time.time() - start
     result["plugin_code"] = code
-    result["plugin_git"] = git_revision().strip(" ()")  # where to find that code again
+    result["plugin_git"] = git_revision()  # where to find that code again
     atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
     log(f"{dataset} / {model} / seed {seed}: test {QUALITY} {result['test_result'][QUALITY]:.4f} "
         f"in {result['wall_seconds']:.0f}s")
@@ -334,11 +337,12 @@ def main(argv=None) -> dict:
     rows = summarise(results)
     import torch
 
+    revision = git_revision()
     header = (f"# Benchmark\n\n`python -m recbole_onevision.benchmark {' '.join(argv if argv is not None else sys.argv[1:])}`"
               f"\n\n{datetime.date.today()}; {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), "
               f"Python {platform.python_version()}, torch {torch.__version__}, RecBole "
               f"{__import__('recbole').__version__}, NumPy {np.__version__}; plugin code "
-              f"{', '.join(f'{m} {c}' for m, c in code.items())}{git_revision()}; "
+              f"{', '.join(f'{m} {c}' for m, c in code.items())}{f' ({revision})' if revision else ''}; "
               f"seeds {', '.join(map(str, seeds))}"
               + ("; --quick (smoke run, not a result)" if args.quick else "")
               + (f"\n\n**Partial: {len(missing)} of {total} cells not run yet:** {'; '.join(missing)}."
