@@ -127,8 +127,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     logger = getLogger()
     logger.info(config)
     # bundled data is generated on first use (and reused after: the generator checks its spec)
-    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
-                  config["mvshop_seed"])
+    mvshop.ensure_for(config)
     check_dataset_files(config)
 
     dataset = create_dataset(config)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 
 from recbole_onevision.cli import config_file_list, parse_with_overrides
@@ -64,8 +63,7 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
     config["tokenizer"] = config["tokenizer"] or "VRQ"
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    mvshop.ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])),
-                  config["mvshop_seed"])
+    mvshop.ensure_for(config)
     check_dataset_files(config)
     data = create_dataset(config)
     tokenizer_name, config["tokenizer"] = config["tokenizer"], None  # fitted per variant below

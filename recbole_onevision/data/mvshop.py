@@ -330,6 +330,12 @@ def ensure(dataset: str, data_path: str, seed: int | None = DEFAULT_SEED) -> boo
     return True
 
 
+def ensure_for(config) -> bool:
+    """:func:`ensure` for a RecBole config: its dataset, under its ``data_path``'s parent (RecBole
+    sets ``data_path`` to ``<data_path>/<dataset>``), with its ``mvshop_seed``."""
+    return ensure(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])), config["mvshop_seed"])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m recbole_onevision.data.mvshop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
