@@ -391,6 +391,18 @@ def test_item_output_needs_the_history_item_embedding(tiny_root, tmp_path):
         prepare(tiny_root, tmp_path, history_item_embedding=False, item_output=True)
 
 
+def test_encoder_dropout_applies_to_the_encoder_alone(tiny_root, tmp_path):
+    _, _, model, _ = prepare(tiny_root, tmp_path, dropout=0.1, encoder_dropout=0.5)
+    encoder = {m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)}
+    decoder = {m.p for m in model.decoder.modules() if isinstance(m, torch.nn.Dropout)}
+    assert encoder == {0.5} and model.encoder_input_dropout.p == 0.5
+    assert decoder == {0.1} and model.input_dropout.p == 0.1
+    _, _, model, _ = prepare(tiny_root, tmp_path, dropout=0.2)  # ~: the encoder takes dropout
+    assert {m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
+    with pytest.raises(ValueError, match=r"encoder_dropout: expected a value in \[0, 1\), got 1.0"):
+        prepare(tiny_root, tmp_path, encoder_dropout=1.0)
+
+
 def test_beam_smaller_than_topk_is_rejected(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="beam_size: expected at least the largest topk \\(10\\), got 5"):
         prepare(tiny_root, tmp_path, beam_size=5)

@@ -141,14 +141,21 @@ class OneVision(SequentialRecommender):
         # saved, so a checkpoint trained without the dense loss is not scored by an untrained head
         self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
 
-        heads, ffn, dropout = config["n_heads"], config["ffn_size"], config["dropout"]
+        heads, ffn, dropout = config["n_heads"], config["ffn_size"], float(config["dropout"])
+        # the encoder (what reads the history) may be regularised apart from the decoder: SASRec's
+        # 0.5 on every layer of OneVision's four (encoder + decoder) slows SID learning far more
+        encoder_dropout = dropout if config["encoder_dropout"] is None else float(config["encoder_dropout"])
+        for key, value in (("dropout", dropout), ("encoder_dropout", encoder_dropout)):
+            if not 0 <= value < 1:
+                raise ValueError(f"config {key}: expected a value in [0, 1), got {value}")
         self.encoder = nn.TransformerEncoder(
-            PackedEncoderLayer(d, heads, ffn, dropout, batch_first=True, norm_first=True),
+            PackedEncoderLayer(d, heads, ffn, encoder_dropout, batch_first=True, norm_first=True),
             config["encoder_layers"], norm=nn.LayerNorm(d), enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(
             nn.TransformerDecoderLayer(d, heads, ffn, dropout, batch_first=True, norm_first=True),
             config["decoder_layers"], norm=nn.LayerNorm(d))
-        self.input_dropout = nn.Dropout(dropout)
+        self.encoder_input_dropout = nn.Dropout(encoder_dropout)
+        self.input_dropout = nn.Dropout(dropout)  # the decoder's
         self.output = nn.Linear(d, n_tokens)
         self.register_buffer("code_neighbour", _code_neighbours(sid), persistent=False)
         self.dpo_beta = float(config["dpo_beta"])
@@ -376,7 +383,7 @@ class OneVision(SequentialRecommender):
         x, mask = torch.cat(parts, 1), torch.cat(masks, 1)
         if not self.training:  # absent tokens out of the sequence: exact, and less work
             x, mask = _compact(x, mask)
-        return self.encoder(self.input_dropout(x), src_key_padding_mask=mask), mask
+        return self.encoder(self.encoder_input_dropout(x), src_key_padding_mask=mask), mask
 
     # ----- decoding --------------------------------------------------------------------------
     def decode(self, memory, mask, tokens: torch.Tensor) -> torch.Tensor:
