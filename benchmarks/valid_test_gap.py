@@ -28,6 +28,9 @@ def target_popularity(dataset: str, data_path: str = "dataset") -> tuple[float, 
         raise SystemExit(f"{path}: not found (convert the dataset first, see the README)")
     inter = pd.read_csv(path, sep="\t")
     inter.columns = [c.split(":")[0] for c in inter.columns]
+    missing = sorted({"user_id", "item_id", "timestamp"} - set(inter.columns))
+    if missing:
+        raise SystemExit(f"{path}: expected columns user_id, item_id and timestamp; missing {', '.join(missing)}")
     inter = inter.sort_values(["user_id", "timestamp"], kind="stable")
     position = inter.groupby("user_id").cumcount(ascending=False)  # 0: last (test), 1: valid
     counts = inter[position >= 2]["item_id"].value_counts()

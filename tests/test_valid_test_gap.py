@@ -40,6 +40,13 @@ def test_missing_dataset_names_the_file(gap, tmp_path):
         gap.target_popularity("Nope", str(tmp_path))
 
 
+def test_missing_column_is_named(gap, tmp_path):
+    os.makedirs(tmp_path / "Drift")
+    (tmp_path / "Drift" / "Drift.inter").write_text("user_id:token\titem_id:token\n1\t1\n")
+    with pytest.raises(SystemExit, match="Drift.inter: expected columns .*; missing timestamp"):
+        gap.target_popularity("Drift", str(tmp_path))
+
+
 def test_table_groups_cells_by_model_and_code(gap, tmp_path, capsys):
     write_inter(tmp_path / "data", [(1, 1, 0), (1, 2, 1), (1, 3, 2), (2, 1, 0), (2, 2, 1), (2, 3, 2)])
     for model, seed, valid, test in (("A", 1, 0.06, 0.04), ("A", 2, 0.04, 0.04), ("B", 1, 0.03, 0.01)):
