@@ -367,6 +367,32 @@ def test_dense_head_defaults_and_checkpoints(tiny_root, tmp_path):
     untrained.load_state_dict(auto.state_dict())  # nor does a dense-trained checkpoint scored by beams
 
 
+def test_sid_loss_weight_zero_trains_the_dense_head_alone(tiny_root, tmp_path):
+    """The ablation leaves the SID output layer as initialised while the dense head learns the
+    targets; without dense_only, or with a dpo stage, it is refused (the beams would be untrained)."""
+    common = dict(dropout=0.0, history_item_embedding=True, visual_prior_weight=0.0, dense_only=True,
+                  stages=["sft"])
+    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, sid_loss_weight=0.0, **common)
+    batches = list(train)
+    model.eval()
+    rank_before = dense_target_ranks(model, batches).mean()
+    output = model.output.weight.detach().clone()
+    model.train()
+    train_steps(model, batches, 60)
+    model.eval()
+    assert torch.equal(model.output.weight, output)
+    assert dense_target_ranks(model, batches).mean() < 0.5 * rank_before
+    _, _, with_sid, _ = prepare(tiny_root, tmp_path, **common)
+    train_steps(with_sid, batches, 5)
+    assert not torch.equal(with_sid.output.weight, output)  # the default's SFT does train it
+    with pytest.raises(ValueError, match="sid_loss_weight: 0 leaves the decoder untrained"):
+        prepare(tiny_root, tmp_path, sid_loss_weight=0.0, **{**common, "dense_only": False})
+    with pytest.raises(ValueError, match="sid_loss_weight: 0 cannot run the dpo stage"):
+        prepare(tiny_root, tmp_path, sid_loss_weight=0.0, **{**common, "stages": ["sft", "dpo"]})
+    with pytest.raises(ValueError, match="sid_loss_weight: expected a value >= 0, got -1.0"):
+        prepare(tiny_root, tmp_path, sid_loss_weight=-1.0, **common)
+
+
 @pytest.mark.parametrize("nodes, grad", [(6, True), (100, True), (100, False)])
 def test_node_logits_are_state_dot_child_vector(nodes, grad, monkeypatch):
     # the matrix-product path (few nodes), one product per (row, child) pair, one per parent

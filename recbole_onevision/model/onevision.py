@@ -138,6 +138,17 @@ class OneVision(SequentialRecommender):
         if self.dense_only and not self.dense_loss_weight:
             raise ValueError("config dense_only: True needs dense_loss_weight > 0 (the dense head would be "
                              "untrained)")
+        # an ablation: SFT without the SID objective trains the dense head alone (a SASRec-like
+        # model on OneVision's encoder), to tell what the generative objective gives the dense score
+        self.sid_loss_weight = float(config["sid_loss_weight"])
+        if self.sid_loss_weight < 0:
+            raise ValueError(f"config sid_loss_weight: expected a value >= 0, got {self.sid_loss_weight}")
+        if not self.sid_loss_weight and not (self.dense_only and self.dense_loss_weight):
+            raise ValueError("config sid_loss_weight: 0 leaves the decoder untrained, so it needs dense_loss_weight > 0 "
+                             "and dense_only: True (rank by the dense head alone)")
+        if not self.sid_loss_weight and "dpo" in (config["stages"] or []):
+            raise ValueError("config sid_loss_weight: 0 cannot run the dpo stage (its preference is over SID "
+                             "likelihoods); set `--stages=['sft']`")
         # saved, so a checkpoint trained without the dense loss is not scored by an untrained head
         self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
 
@@ -523,7 +534,7 @@ class OneVision(SequentialRecommender):
         memory, mask = self.encode(interaction)
         logp, first = self.sid_log_likelihood(memory, mask, target, self.path_similarity(interaction, target),
                                               first_state=True)
-        nll = -logp.sum(1)
+        nll = -self.sid_loss_weight * logp.sum(1)
         if self.dense_loss_weight:
             nll = nll + self.dense_loss_weight * self.dense_nll(first, target)
         weight = self._row_weights(interaction, nll)
