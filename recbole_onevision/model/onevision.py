@@ -143,7 +143,7 @@ class OneVision(SequentialRecommender):
         self.sid_loss_weight = float(config["sid_loss_weight"])
         if self.sid_loss_weight < 0:
             raise ValueError(f"config sid_loss_weight: expected a value >= 0, got {self.sid_loss_weight}")
-        if not self.sid_loss_weight and not (self.dense_only and self.dense_loss_weight):
+        if not self.sid_loss_weight and not self.dense_only:  # dense_only already needs dense_loss_weight > 0
             raise ValueError("config sid_loss_weight: 0 leaves the decoder untrained, so it needs dense_loss_weight > 0 "
                              "and dense_only: True (rank by the dense head alone)")
         if not self.sid_loss_weight and "dpo" in (config["stages"] or []):
