@@ -259,7 +259,8 @@ def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path
 def dense_logits_of(model, batch) -> torch.Tensor:
     """(rows, n_items) the dense head's scores, from the full decoder's state at BOS."""
     memory, mask = model.encode(batch)
-    return model.dense_logits(model.decode(memory, mask, torch.full((len(batch), 1), model.bos_token))[:, 0])
+    first = model.decode(memory, mask, torch.full((len(batch), 1), model.bos_token))[:, 0]
+    return model.dense_logits(model.dense_state(memory, mask, first))
 
 
 def dense_target_ranks(model, batches) -> torch.Tensor:
@@ -273,20 +274,47 @@ def dense_target_ranks(model, batches) -> torch.Tensor:
     return torch.cat(ranks).float()
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo"])  # in DPO, through its likelihood term on the chosen item
-def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stage):
+@pytest.mark.parametrize("stage, readout", [("sft", "decoder"), ("dpo", "decoder"), ("sft", "history")])
+def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stage, readout):
     """The dense head ranks the training targets far higher with its loss on than with the SID
     loss alone (which trains it only through the first level's node vectors)."""
     mean_rank = {}
     for weight in (0.0, 1.0):
         _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=True,
-                                             dense_loss_weight=weight)
+                                             dense_loss_weight=weight, dense_readout=readout)
         batches = list(train)
         model.set_stage(stage)
         train_steps(model, batches, 120)  # past the transient: at 60 steps an AMD EPYC gave 0.61 (SFT), 0.41 (DPO)
         model.eval()
         mean_rank[weight] = dense_target_ranks(model, batches).mean()
     assert mean_rank[1.0] < 0.5 * mean_rank[0.0], mean_rank
+
+
+def test_history_readout_reads_the_most_recent_history_item(tiny_root, tmp_path):
+    """dense_readout: history reads the encoder's state at each row's most recent history item,
+    found the same way with absent tokens in place (training) and compacted away (inference);
+    both adds the decoder's state at BOS."""
+    _, _, model, (_, _, test) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=True,
+                                        dense_readout="history")
+    batch = next(iter(test))[0]
+    seq, length = batch["item_id_list"], batch["item_length"]
+    assert (length > 0).all() and (length < seq.shape[1]).any()  # padded rows: compaction moves tokens
+    with torch.no_grad():
+        model.train()  # no dropout: training's encoder differs from inference's only in keeping absent tokens
+        memory, mask = model.encode(batch)
+        recent = mask.shape[1] - seq.shape[1] + length - 1  # history is the encoder's last segment
+        expected, width = memory[torch.arange(len(seq)), recent], memory.shape[1]
+        model.eval()
+        memory, mask = model.encode(batch)
+        assert memory.shape[1] < width  # compacted
+        first = torch.randn(len(seq), memory.shape[2])
+        assert torch.allclose(model.dense_state(memory, mask, first), expected, atol=1e-5)
+        model.dense_readout = "both"
+        assert torch.allclose(model.dense_state(memory, mask, first), expected + first, atol=1e-5)
+        model.dense_readout = "decoder"
+        assert torch.equal(model.dense_state(memory, mask, first), first)
+    with pytest.raises(ValueError, match="dense_readout: expected one of decoder, history, both, got 'last'"):
+        prepare(tiny_root, tmp_path, history_item_embedding=True, dense_readout="last")
 
 
 def test_dense_scores_join_the_beams(tiny_root, tmp_path):

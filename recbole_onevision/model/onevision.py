@@ -50,6 +50,7 @@ from recbole_onevision.model.trie import SIDTrie
 CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder tokens
 STAGES = ("pretrain", "sft", "dpo")  # in the order the paper trains them
 GROUP_MIN_PAIRS = 256  # (row, child) pairs per parent from which one product per parent beats one per pair
+DENSE_READOUTS = ("decoder", "history", "both")  # what the dense head reads (dense_state)
 
 
 class OneVision(SequentialRecommender):
@@ -149,6 +150,12 @@ class OneVision(SequentialRecommender):
         if not self.sid_loss_weight and "dpo" in (config["stages"] or []):
             raise ValueError("config sid_loss_weight: 0 cannot run the dpo stage (its preference is over SID "
                              "likelihoods); set `--stages=['sft']`")
+        # what the dense head reads: the decoder's state at BOS (default), the encoder's state at
+        # the most recent history item (as SASRec reads its last position), or their sum
+        self.dense_readout = config["dense_readout"] or "decoder"
+        if self.dense_readout not in DENSE_READOUTS:
+            raise ValueError(f"config dense_readout: expected one of {', '.join(DENSE_READOUTS)}, "
+                             f"got {self.dense_readout!r}")
         # saved, so a checkpoint trained without the dense loss is not scored by an untrained head
         self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
 
@@ -469,6 +476,17 @@ class OneVision(SequentialRecommender):
             out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
         return (torch.stack(out, 1), states[:, 0]) if first_state else torch.stack(out, 1)
 
+    def dense_state(self, memory, mask, first: torch.Tensor) -> torch.Tensor:
+        """(rows, d_model) what the dense head reads (``dense_readout``), from the encoder's
+        ``memory`` and ``mask`` and ``first``, the decoder's states at BOS. The most recent history
+        item is each row's last present token: history is the encoder's last segment, in order
+        (also after :func:`_compact`); a row without history reads its last context token."""
+        if self.dense_readout == "decoder":
+            return first
+        last = (torch.arange(mask.shape[1], device=mask.device) * ~mask).argmax(1)
+        recent = memory[torch.arange(len(memory), device=memory.device), last]
+        return recent if self.dense_readout == "history" else recent + first
+
     def dense_logits(self, first_states: torch.Tensor) -> torch.Tensor:
         """(rows, n_items): the dense head, decoder states at BOS dotted with every item's
         embedding (padding id 0 at -inf)."""
@@ -499,8 +517,8 @@ class OneVision(SequentialRecommender):
         """Log-probability of ``items``' SIDs given ``interaction`` (summed over levels):
         ``items`` (rows,) gives (rows,); (rows, n) scores n items per row with one encoder pass.
         ``prior``: :meth:`path_similarity` of the rows to ``items`` in :meth:`_flat` order,
-        when the caller has it already. ``first_state``: also return the rows' decoder state at
-        BOS (rows, d_model), what the dense head reads."""
+        when the caller has it already. ``first_state``: also return what the dense head reads
+        (rows, d_model; :meth:`dense_state`)."""
         memory, mask = self.encode(interaction)
         n = items.shape[1] if items.dim() == 2 else 0
         if n:
@@ -510,7 +528,10 @@ class OneVision(SequentialRecommender):
         likelihood, first = self.sid_log_likelihood(memory, mask, self._flat(items), prior, first_state=True)
         likelihood = likelihood.sum(1)
         out = likelihood.view(n, -1).T if n else likelihood
-        return (out, first[:len(out)]) if first_state else out  # _flat order: the rows' first items lead
+        if not first_state:
+            return out
+        rows = len(out)  # _flat order: the rows' first items (and memory copies) lead
+        return out, self.dense_state(memory[:rows], mask[:rows], first[:rows])
 
     @staticmethod
     def _flat(items: torch.Tensor) -> torch.Tensor:
@@ -536,7 +557,7 @@ class OneVision(SequentialRecommender):
                                               first_state=True)
         nll = -self.sid_loss_weight * logp.sum(1)
         if self.dense_loss_weight:
-            nll = nll + self.dense_loss_weight * self.dense_nll(first, target)
+            nll = nll + self.dense_loss_weight * self.dense_nll(self.dense_state(memory, mask, first), target)
         weight = self._row_weights(interaction, nll)
         loss = (nll * weight).sum() / weight.sum()
         if self.visual_prior_weight and self.query_feature is not None:
@@ -641,7 +662,8 @@ class OneVision(SequentialRecommender):
             nodes = child.view(batch, k, size)[torch.arange(batch, device=device).unsqueeze(1), parent, code]
         items = torch.where(torch.isfinite(scores), nodes, torch.zeros_like(nodes))
         if self.dense_score_weight:
-            items, scores = self._add_dense(memory, mask, similarity, vectors, first, items, scores, beams)
+            dense = self.dense_state(memory, mask, first)
+            items, scores = self._add_dense(memory, mask, similarity, vectors, dense, items, scores, beams)
         missing = beams - items.shape[1]
         if missing > 0:  # keep the documented (batch, beam) shape
             items = F.pad(items, (0, missing))
@@ -661,8 +683,8 @@ class OneVision(SequentialRecommender):
         return torch.log_softmax(logits, -1).masked_fill(child < 0, float("-inf"))
 
     def _add_dense(self, memory, mask, similarity, vectors, first, items, scores, beams: int):
-        """The beams and the dense head's top ``beams`` items (``first``: the rows' decoder states
-        at BOS), each scored by its constrained SID log-probability (as beam search scores it;
+        """The beams and the dense head's top ``beams`` items (``first``: the rows'
+        :meth:`dense_state`), each scored by its constrained SID log-probability (as beam search scores it;
         a beam's score is that already) + ``dense_score_weight`` x its dense log-probability;
         the best ``beams`` of them, best first."""
         dense = torch.log_softmax(self.dense_logits(first), -1)
@@ -700,7 +722,8 @@ class OneVision(SequentialRecommender):
         if self.dense_only:  # every item's dense log-probability; no beam search
             memory, mask = self.encode(interaction, prune=self.prune)
             bos = torch.full((len(memory), 1), self.bos_token, device=memory.device)
-            return torch.log_softmax(self.dense_logits(self.decode(memory, mask, bos)[:, 0]), -1)
+            first = self.decode(memory, mask, bos)[:, 0]
+            return torch.log_softmax(self.dense_logits(self.dense_state(memory, mask, first)), -1)
         items, scores = self.generate(interaction)
         out = torch.full((len(items), self.n_items), float("-inf"), device=items.device)
         out.scatter_(1, items, scores)
