@@ -156,8 +156,10 @@ class OneVision(SequentialRecommender):
         if self.dense_readout not in DENSE_READOUTS:
             raise ValueError(f"config dense_readout: expected one of {', '.join(DENSE_READOUTS)}, "
                              f"got {self.dense_readout!r}")
-        # saved, so a checkpoint trained without the dense loss is not scored by an untrained head
+        # saved, so a checkpoint trained without the dense loss is not scored by an untrained head,
+        # nor one trained with one readout by another
         self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
+        self.register_buffer("dense_readout_index", torch.tensor(DENSE_READOUTS.index(self.dense_readout)))
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], float(config["dropout"])
         # the encoder (what reads the history) may be regularised apart from the decoder, which
@@ -222,6 +224,14 @@ class OneVision(SequentialRecommender):
             raise ValueError("OneVision checkpoint: it was trained without the dense head's loss, so its dense "
                              "scores mean nothing; set `--dense_loss_weight=0 --dense_score_weight=0` and no "
                              "`--dense_only` (checkpoints from before the dense head have none)")
+        if "dense_readout_index" not in state_dict:  # checkpoints from before dense_readout
+            state_dict = {**state_dict, "dense_readout_index": torch.tensor(0)}
+        readout = DENSE_READOUTS[int(state_dict["dense_readout_index"])]
+        if (strict and (self.dense_score_weight or self.dense_only) and bool(state_dict["dense_trained"])
+                and readout != self.dense_readout):
+            raise ValueError(f"OneVision checkpoint: its dense head was trained with dense_readout: {readout}, "
+                             f"this model has {self.dense_readout}; set `--dense_readout={readout}` "
+                             "(checkpoints from before dense_readout have decoder)")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----- inputs --------------------------------------------------------------------------
