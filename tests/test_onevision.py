@@ -313,6 +313,10 @@ def test_history_readout_reads_the_most_recent_history_item(tiny_root, tmp_path)
         assert torch.allclose(model.dense_state(memory, mask, first), expected + first, atol=1e-5)
         model.dense_readout = "decoder"
         assert torch.equal(model.dense_state(memory, mask, first), first)
+        model.dense_readout, model.dense_only = "history", True  # ranked by it alone: no decoder pass needed
+        row = model.full_sort_predict(batch)
+        assert torch.allclose(row[:, 1:], torch.log_softmax(model.dense_logits(expected), -1)[:, 1:], atol=1e-5)
+        model.dense_only = False
     with pytest.raises(ValueError, match="dense_readout: expected one of decoder, history, both, got 'last'"):
         prepare(tiny_root, tmp_path, history_item_embedding=True, dense_readout="last")
     # a checkpoint's dense head is read the way it was trained, or refused

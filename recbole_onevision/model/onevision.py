@@ -486,9 +486,10 @@ class OneVision(SequentialRecommender):
             out.append(logp.gather(1, code.unsqueeze(1)).squeeze(1))
         return (torch.stack(out, 1), states[:, 0]) if first_state else torch.stack(out, 1)
 
-    def dense_state(self, memory, mask, first: torch.Tensor) -> torch.Tensor:
+    def dense_state(self, memory, mask, first: torch.Tensor | None) -> torch.Tensor:
         """(rows, d_model) what the dense head reads (``dense_readout``), from the encoder's
-        ``memory`` and ``mask`` and ``first``, the decoder's states at BOS. The most recent history
+        ``memory`` and ``mask`` and ``first``, the decoder's states at BOS (not read, and may be
+        None, with ``history``). The most recent history
         item is each row's last present token: history is the encoder's last segment, in order
         (also after :func:`_compact`); a row without history reads its last context token."""
         if self.dense_readout == "decoder":
@@ -497,15 +498,15 @@ class OneVision(SequentialRecommender):
         recent = memory[torch.arange(len(memory), device=memory.device), last]
         return recent if self.dense_readout == "history" else recent + first
 
-    def dense_logits(self, first_states: torch.Tensor) -> torch.Tensor:
-        """(rows, n_items): the dense head, decoder states at BOS dotted with every item's
+    def dense_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """(rows, n_items): the dense head, the rows' :meth:`dense_state` dotted with every item's
         embedding (padding id 0 at -inf)."""
-        logits = first_states @ self.history_item_embedding.weight.T
+        logits = states @ self.history_item_embedding.weight.T
         return logits.index_fill(1, torch.zeros(1, dtype=torch.long, device=logits.device), float("-inf"))
 
-    def dense_nll(self, first_states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def dense_nll(self, states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """(rows,) the dense head's cross-entropy of ``items`` over the catalogue."""
-        return F.cross_entropy(self.dense_logits(first_states), items, reduction="none")
+        return F.cross_entropy(self.dense_logits(states), items, reduction="none")
 
     # ----- training stages ------------------------------------------------------------------
     def supports_stage(self, stage: str) -> bool:
@@ -732,7 +733,7 @@ class OneVision(SequentialRecommender):
         if self.dense_only:  # every item's dense log-probability; no beam search
             memory, mask = self.encode(interaction, prune=self.prune)
             bos = torch.full((len(memory), 1), self.bos_token, device=memory.device)
-            first = self.decode(memory, mask, bos)[:, 0]
+            first = None if self.dense_readout == "history" else self.decode(memory, mask, bos)[:, 0]
             return torch.log_softmax(self.dense_logits(self.dense_state(memory, mask, first)), -1)
         items, scores = self.generate(interaction)
         out = torch.full((len(items), self.n_items), float("-inf"), device=items.device)
