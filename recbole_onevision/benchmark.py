@@ -19,7 +19,13 @@ fit, few timed queries. ``--report`` runs nothing and reports the cells finished
 too long for one sitting, run a part at a time), naming the missing ones and, where a missing
 cell has a result from other plugin code, that code's digest and the git commit it ran at
 (recorded in each cell's JSON): a grid belongs to one version of the code, and is reported from
-a checkout of it. ``--key=value`` overrides go to every run.
+a checkout of it. ``--key=value`` overrides go to every run, ``--Model.key=value`` to that
+model's runs only.
+
+A changed model needs no rerun of the baselines: ``--report --report_code SASRec=8a65dad86470``
+reports SASRec's cells made by that other plugin code (as the missing-cell note names it) next
+to this checkout's cells of the other models; the header lists every such pin, so the table says
+which rows come from which code.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -177,14 +184,55 @@ def run_cell(out: str, dataset: str, model: str, seed: int, overrides: list[str]
     return result
 
 
-def other_code_note(elsewhere: dict[str, set[str]]) -> str:
-    """Where results of the missing cells from other code are (``--report`` never mixes code)."""
+def split_overrides(overrides: list[str], models: list[str]) -> dict[str, list[str]]:
+    """Each model's overrides: the shared ``--key=value`` ones, then its own ``--Model.key=value``
+    ones as ``--key=value`` (so a cell's folder is the same as with the plain override)."""
+    shared, own = [], {model: [] for model in models}
+    for override in overrides:
+        key, value = override[2:].split("=", 1)
+        if "." not in key:
+            shared.append(override)
+            continue
+        model, key = key.split(".", 1)
+        if model not in own:
+            raise ValueError(f"{override}: {model!r} is not one of --models ({', '.join(models)})")
+        own[model].append(f"--{key}={value}")
+    return {model: shared + own[model] for model in models}
+
+
+def parse_report_code(value: str, models: list[str]) -> dict[str, str]:
+    """``--report_code MODEL=DIGEST,...`` -> {model: digest}."""
+    pins = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        model, _, digest = item.partition("=")
+        if model not in models or not re.fullmatch(r"[0-9a-f]{12}", digest):
+            raise ValueError(f"--report_code {item!r}: expected MODEL=DIGEST with MODEL one of --models "
+                             f"({', '.join(models)}) and DIGEST 12 hex digits, as the report's missing-cell note names it")
+        pins[model] = digest
+    return pins
+
+
+def pinned_note(pinned: dict[str, str], results: dict[tuple[str, str], list[dict]]) -> str:
+    """The header's word on rows made by other plugin code than this checkout's (``--report_code``)."""
+    if not pinned:
+        return ""
+    def made_at(model):
+        gits = sorted({r.get("plugin_git") or "git unrecorded" for (_, m), runs in results.items() if m == model
+                       for r in runs})
+        return f"{model} {pinned[model]}" + (f" at {', '.join(gits)}" if gits else " (no cell found)")
+    return ("\n\n**Rows of other plugin code** (--report_code; their cells were made by that code, not this "
+            "checkout's): " + "; ".join(made_at(m) for m in pinned) + ".")
+
+
+def other_code_note(elsewhere: dict[str, tuple[set[str], set[str]]]) -> str:
+    """Where results of the missing cells from other code are (``--report`` mixes code only as
+    ``--report_code`` says)."""
     if not elsewhere:
         return ""
-    made = "; ".join(str(code) + (f" at {', '.join(sorted(g for g in gits if g))}" if any(gits) else "")
-                     for code, gits in sorted(elsewhere.items(), key=lambda kv: str(kv[0])))
-    return (f" Results of other plugin code exist for some of these cells ({made}); a report never mixes "
-            "code: run it in a checkout of that code to see them.")
+    made = "; ".join(f"{', '.join(sorted(models))} {code}" + (f" at {', '.join(sorted(gits - {''}))}" if gits - {""} else "")
+                     for code, (models, gits) in sorted(elsewhere.items(), key=lambda kv: str(kv[0])))
+    return (f" Results of other plugin code exist for some of these cells ({made}); to see them, run the "
+            "report in a checkout of that code, or pin a model's rows to it with --report_code MODEL=DIGEST.")
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
@@ -293,6 +341,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke run: one epoch per stage, short VRQ fit")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: write the table and plot of the cells finished so far, naming the missing ones")
+    parser.add_argument("--report_code", default="", metavar="MODEL=DIGEST,...",
+                        help="with --report: report these models' cells made by that other plugin code (named in the header)")
     parser.add_argument("--latency_queries", type=int, default=None,
                         help="single queries timed per cell (default 200; 20 with --quick)")
     args, overrides = parse_with_overrides(parser, argv)
@@ -306,30 +356,39 @@ def main(argv=None) -> dict:
         parser.error("--models, --datasets and --seeds each need at least one value")
     latency = args.latency_queries if args.latency_queries is not None else (20 if args.quick else 200)
     overrides = [f"--latency_queries={latency}"] + (QUICK if args.quick else []) + overrides
+    try:
+        per_model = split_overrides(overrides, models)
+        pinned = parse_report_code(args.report_code, models)
+    except ValueError as error:
+        parser.error(str(error))
+    if pinned and not args.report:
+        parser.error("--report_code only goes with --report: cells are always run by this checkout's code")
 
     def log(message):
         print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    code = {model: code_digest(model) for model in models}
-    log("plugin code digests " + ", ".join(f"{m} {c}" for m, c in code.items())
+    code = {model: pinned.get(model) or code_digest(model) for model in models}
+    log("plugin code digests " + ", ".join(f"{m} {c}" + (" (pinned)" if m in pinned else "") for m, c in code.items())
         + ": cells made by this code and these overrides are reused")
     total, results, missing = len(models) * len(datasets) * len(seeds), {}, []
-    elsewhere: dict[str, set[str]] = {}  # other plugin code -> git revisions, of missing cells' results
+    elsewhere: dict[str, tuple[set[str], set[str]]] = {}  # other plugin code -> (models, git revisions) of missing cells
     n = 0
     for dataset in datasets:
         for model in models:
             for seed in seeds:
                 n += 1
                 if args.report:
-                    result = finished_cell(args.out, dataset, model, seed, overrides, code[model])
+                    result = finished_cell(args.out, dataset, model, seed, per_model[model], code[model])
                     if result is None:
                         missing.append(f"{dataset} / {model} / seed {seed}")
                         for other in other_code_cells(args.out, dataset, model, seed, code[model]):
-                            elsewhere.setdefault(other.get("plugin_code"), set()).add(other.get("plugin_git", ""))
+                            models_there, gits = elsewhere.setdefault(other.get("plugin_code"), (set(), set()))
+                            models_there.add(model)
+                            gits.add(other.get("plugin_git") or "")
                         continue
                 else:
                     log(f"cell {n}/{total}")
-                    result = run_cell(args.out, dataset, model, seed, overrides, code[model], log)
+                    result = run_cell(args.out, dataset, model, seed, per_model[model], code[model], log)
                 results.setdefault((dataset, model), []).append(result)
     if not results:
         parser.error(f"--report: no finished cell of this grid under {args.out} (same overrides, same code)."
@@ -338,13 +397,15 @@ def main(argv=None) -> dict:
     import torch
 
     revision = git_revision()
+    own_code = [f"{m} {c}" for m, c in code.items() if m not in pinned]
     header = (f"# Benchmark\n\n`python -m recbole_onevision.benchmark {' '.join(argv if argv is not None else sys.argv[1:])}`"
               f"\n\n{datetime.date.today()}; {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), "
               f"Python {platform.python_version()}, torch {torch.__version__}, RecBole "
-              f"{__import__('recbole').__version__}, NumPy {np.__version__}; plugin code "
-              f"{', '.join(f'{m} {c}' for m, c in code.items())}{f' ({revision})' if revision else ''}; "
-              f"seeds {', '.join(map(str, seeds))}"
+              f"{__import__('recbole').__version__}, NumPy {np.__version__}; "
+              + (f"plugin code {', '.join(own_code)}{f' ({revision})' if revision else ''}; " if own_code else "")
+              + f"seeds {', '.join(map(str, seeds))}"
               + ("; --quick (smoke run, not a result)" if args.quick else "")
+              + pinned_note(pinned, results)
               + (f"\n\n**Partial: {len(missing)} of {total} cells not run yet:** {'; '.join(missing)}."
                  + other_code_note(elsewhere) if missing else ""))
     report = markdown(rows, header)

@@ -3,6 +3,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from recbole_onevision import benchmark
 from recbole_onevision.benchmark import main, markdown, welch_p
 from recbole_onevision.data import mvshop
@@ -44,7 +46,7 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     old.mkdir(parents=True)
     (old / "result.json").write_text(json.dumps({"plugin_code": "0123456789ab", "plugin_git": "git abc1234"}))
     assert set(main([*argv[:2], "VisualKNN,MCA,Pop", *argv[3:], "--report"])) == set(rows)
-    assert "Results of other plugin code exist for some of these cells (0123456789ab at git abc1234)" in (out / "benchmark.md").read_text()
+    assert "Results of other plugin code exist for some of these cells (Pop 0123456789ab at git abc1234)" in (out / "benchmark.md").read_text()
     # other plugin code makes other cells: results of older code are never reused
     assert benchmark.code_digest() == benchmark.code_digest()
     same = benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
@@ -96,3 +98,38 @@ def test_report_ranks_models_and_tests_each_step_of_the_ranking():
     assert verdicts[1][0].startswith("significant") and verdicts[1][1].startswith("not significant")
     assert verdicts[1][1].endswith("over Close |")
     assert verdicts[2][1] == "single seed over One |" and verdicts[3] == ["single seed", "last |"]
+
+
+def test_report_pins_other_code_for_named_models_and_scopes_overrides(tmp_path, capsys):
+    """A changed model is reported next to baselines made by earlier code, named as such."""
+    out, base = str(tmp_path), ["--latency_queries=5"]
+
+    def cell(model, overrides, code, ndcg):
+        folder = benchmark.cell_dir(out, "d", model, 1, overrides, code)
+        os.makedirs(folder)
+        result = {"test_result": dict.fromkeys(benchmark.METRICS, ndcg), "train_seconds": 60.0,
+                  "latency_ms": {"p50": 1.0, "p95": 2.0}, "peak_rss_gb": 1.0, "plugin_code": code}
+        with open(os.path.join(folder, "result.json"), "w") as f:
+            json.dump(result, f)
+
+    cell("OneVision", base + ["--dense_readout=history"], benchmark.code_digest("OneVision"), 0.04)
+    cell("SASRec", base, "0123456789ab", 0.03)
+    argv = ["--report", "--models", "OneVision,SASRec", "--datasets", "d", "--seeds", "1", "--out", out,
+            "--latency_queries", "5", "--OneVision.dense_readout=history"]
+    # without the pin SASRec's cell is other code: named, not used
+    assert set(main(argv)) == {("d", "OneVision")}
+    assert "SASRec / seed 1" in (tmp_path / "benchmark.md").read_text()
+    assert "(SASRec 0123456789ab)" in (tmp_path / "benchmark.md").read_text()
+    rows = main(argv + ["--report_code", "SASRec=0123456789ab"])
+    assert set(rows) == {("d", "OneVision"), ("d", "SASRec")} and rows[("d", "SASRec")]["ndcg@10"] == [0.03]
+    report = (tmp_path / "benchmark.md").read_text()
+    assert "**Rows of other plugin code**" in report and "SASRec 0123456789ab at git unrecorded" in report
+    assert "not run yet" not in report
+    # a scoped override reaches its model only: SASRec's cell under the plain override is not found
+    assert set(main([*argv[:-1], "--dense_readout=history", "--report_code", "SASRec=0123456789ab"])) == {("d", "OneVision")}
+    for bad in (["--Nope.x=1"], ["--report_code", "SASRec=xyz"], ["--report_code", "Pop=0123456789ab"]):
+        with pytest.raises(SystemExit):
+            main(argv + bad)
+    with pytest.raises(SystemExit):  # cells are only ever run by this checkout's code
+        main([a for a in argv if a != "--report"] + ["--report_code", "SASRec=0123456789ab"])
+    assert "--report_code only goes with --report" in capsys.readouterr().err
