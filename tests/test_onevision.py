@@ -320,7 +320,7 @@ def test_history_readout_reads_the_most_recent_history_item(tiny_root, tmp_path)
     with pytest.raises(ValueError, match="dense_readout: expected one of decoder, history, both, got 'last'"):
         prepare(tiny_root, tmp_path, history_item_embedding=True, dense_readout="last")
     # a checkpoint's dense head is read the way it was trained, or refused
-    _, _, decoder, _ = prepare(tiny_root, tmp_path, history_item_embedding=True)
+    _, _, decoder, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_readout="decoder")
     with pytest.raises(ValueError, match="--dense_readout=history"):
         decoder.load_state_dict(model.state_dict())
     model.dense_readout = "history"

@@ -150,9 +150,9 @@ class OneVision(SequentialRecommender):
         if not self.sid_loss_weight and "dpo" in (config["stages"] or []):
             raise ValueError("config sid_loss_weight: 0 cannot run the dpo stage (its preference is over SID "
                              "likelihoods); set `--stages=['sft']`")
-        # what the dense head reads: the decoder's state at BOS (default), the encoder's state at
-        # the most recent history item (as SASRec reads its last position), or their sum
-        self.dense_readout = config["dense_readout"] or "decoder"
+        # what the dense head reads: the encoder's state at the most recent history item (as
+        # SASRec reads its last position; the default), the decoder's state at BOS, or their sum
+        self.dense_readout = config["dense_readout"] or "history"
         if self.dense_readout not in DENSE_READOUTS:
             raise ValueError(f"config dense_readout: expected one of {', '.join(DENSE_READOUTS)}, "
                              f"got {self.dense_readout!r}")
