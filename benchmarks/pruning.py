@@ -22,16 +22,11 @@ import sys
 import time
 
 import torch
-from recbole.data import data_preparation
-from recbole.utils import init_logger, init_seed
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_onevision.cli import parse_with_overrides  # noqa: E402
-from recbole_onevision.compat import load_checkpoint  # noqa: E402
-from recbole_onevision.config import Config  # noqa: E402
-from recbole_onevision.quick_start import single_query_latency  # noqa: E402
-from recbole_onevision.registry import create_dataset, get_trainer  # noqa: E402
+from recbole_onevision.quick_start import load_trained, single_query_latency  # noqa: E402
 
 
 def decode_cost(model, test_data) -> dict:
@@ -54,15 +49,8 @@ def main(argv=None) -> None:
     parser.add_argument("--latency_queries", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (off, on alternating); best kept")
     args, overrides = parse_with_overrides(parser, argv)
-    config = Config("OneVision", args.dataset, None, {"show_progress": False}, cmd_args=overrides)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    dataset = create_dataset(config)
-    train_data, _, test_data = data_preparation(config, dataset)
-    model = config.model_class(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(load_checkpoint(args.checkpoint, map_location=config["device"])["state_dict"])
-    model.eval()
-    trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model)
+    config, model, trainer, (_, _, test_data) = load_trained("OneVision", args.dataset, args.checkpoint,
+                                                             cmd_args=overrides)
 
     rows = []
     with torch.no_grad():

@@ -18,6 +18,7 @@ import torch
 from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
+from recbole_onevision.compat import load_checkpoint
 from recbole_onevision.config import Config
 from recbole_onevision.data import mvshop
 from recbole_onevision.io import atomic_write_text
@@ -111,6 +112,23 @@ def run_args(config, config_file_list=None, config_dict=None, cmd_args=None) -> 
         args.append("--config_files=" + ",".join(config_file_list))
     args += [f"--{key}={value!r}" for key, value in (config_dict or {}).items()]
     return args + [a for a in cmd_args or [] if not a.startswith("--checkpoint=")]
+
+
+def load_trained(model, dataset, checkpoint: str, config_file_list=None, config_dict=None, cmd_args=None):
+    """For scripts that re-evaluate a trained checkpoint: its config, data, model (weights
+    loaded, in eval mode) and trainer, as ``(config, model, trainer, (train, valid, test))``.
+    Pass the overrides the checkpoint was trained with, so the same SIDs are rebuilt."""
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint: no such file {checkpoint!r}")
+    config = Config(model, dataset, config_file_list, {"show_progress": False, **(config_dict or {})},
+                    cmd_args=cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    splits = data_preparation(config, create_dataset(config))
+    trained = config.model_class(config, splits[0]._dataset).to(config["device"])
+    trained.load_state_dict(load_checkpoint(checkpoint, map_location=config["device"])["state_dict"])
+    trained.eval()
+    return config, trained, get_trainer(config["MODEL_TYPE"], config["model"])(config, trained), splits
 
 
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None,

@@ -1,4 +1,5 @@
 """OneVision: the trie, constrained beam search, full_sort_predict, training on a tiny shop."""
+import importlib.util
 import os
 import shutil
 
@@ -18,6 +19,7 @@ from recbole_onevision.model.trie import SIDTrie
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import create_dataset, dataset_properties_file, get_model
 
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=8, branching=(3, 2, 2), n_brands=12)
 
 
@@ -472,19 +474,48 @@ def test_beam_smaller_than_topk_is_rejected(tiny_root, tmp_path):
         prepare(tiny_root, tmp_path, beam_size=5)
 
 
-def test_run_py_trains_onevision_and_beats_popularity(tiny_root, tmp_path):
-    # under its own name: run() would regenerate a folder called mvshop-mini at the real scale
+def tinyshop(tiny_root, tmp_path) -> tuple[list[str], list[str]]:
+    """The tiny shop as dataset ``tinyshop`` in ``tmp_path`` (under its own name: run() would
+    regenerate a folder called mvshop-mini at the real scale): (its protocol file, overrides)."""
     (tmp_path / "tinyshop").mkdir()
     for f in (tiny_root / "mvshop-mini").iterdir():
         shutil.copy(f, tmp_path / "tinyshop" / f.name.replace("mvshop-mini", "tinyshop"))
-    protocol = [dataset_properties_file("mvshop-mini")]
-    common = [f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path}", "--show_progress=False",
-              "--state=WARNING", "--vrq_align_steps=100"]
+    return [dataset_properties_file("mvshop-mini")], [
+        f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path}", "--show_progress=False", "--state=WARNING",
+        "--vrq_align_steps=100"]
+
+
+def test_run_py_trains_onevision_and_beats_popularity(tiny_root, tmp_path):
+    protocol, common = tinyshop(tiny_root, tmp_path)
     onevision = run("OneVision", "tinyshop", protocol, cmd_args=common + [
         "--stage_epochs={'pretrain': 2, 'sft': 8, 'dpo': 1}", "--d_model=32", "--ffn_size=64"])
     pop = run("Pop", "tinyshop", protocol, cmd_args=common + ["--epochs=1"])
     assert onevision["test_result"]["recall@10"] > pop["test_result"]["recall@10"] + 0.1
     assert sorted(os.listdir(tmp_path / "tinyshop" / ".cache"))[0].startswith("vrq-")  # SIDs cached
+
+
+def test_score_fusion_script_evaluates_each_weight_as_a_run_would(tiny_root, tmp_path):
+    """benchmarks/score_fusion.py: each row is what run.py gives that checkpoint with that
+    dense_score_weight (0: the beams alone) or with dense_only, on valid and test."""
+    protocol, common = tinyshop(tiny_root, tmp_path)
+    common += ["--d_model=32", "--ffn_size=64", "--history_item_embedding=True", "--stages=['sft']",
+               "--stage_epochs={'sft': 2}"]
+    trained = run("OneVision", "tinyshop", protocol, cmd_args=common)
+    checkpoint = trained["checkpoint"]
+    spec = importlib.util.spec_from_file_location("score_fusion", os.path.join(BENCHMARKS, "score_fusion.py"))
+    score_fusion = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(score_fusion)
+    rows = score_fusion.main(["--checkpoint", checkpoint, "--dataset", "tinyshop", "--weights", "0,1",
+                              "--dense_only", f"--config_files={protocol[0]}", *common])
+    assert [r["setting"] for r in rows] == ["dense_score_weight 0 (beams alone)", "dense_score_weight 1",
+                                            "dense head alone"]
+    assert rows[1]["test"] == trained["test_result"]  # 1 is the default the run was evaluated with
+    for row, override in ((rows[0], "--dense_score_weight=0"), (rows[2], "--dense_only=True")):
+        again = run("OneVision", "tinyshop", protocol, cmd_args=common + [override], checkpoint=checkpoint)
+        assert (row["valid"], row["test"]) == (again["best_valid_result"], again["test_result"]), row["setting"]
+    assert rows[0]["test"] != rows[2]["test"]  # the settings really differ on this checkpoint
+    with pytest.raises(SystemExit, match="--weights: expected comma-separated numbers >= 0"):
+        score_fusion.main(["--checkpoint", checkpoint, "--weights", "1,-2"])
 
 
 def train_steps(model, batches, steps, lr=3e-3):
