@@ -36,6 +36,10 @@ def parse_weights(text: str) -> list[float]:
     return weights
 
 
+def _shown(result) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in result.items())
+
+
 def sweep(model, trainer, valid_data, test_data, weights: list[float], dense_only: bool) -> list[dict]:
     """One row per setting: its name and RecBole's valid and test results."""
     settings = [(f"dense_score_weight {w:g}" + (" (beams alone)" if w == 0 else ""), w, False) for w in weights]
@@ -48,8 +52,7 @@ def sweep(model, trainer, valid_data, test_data, weights: list[float], dense_onl
             valid = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
             test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
         rows.append({"setting": name, "valid": dict(valid), "test": dict(test)})
-        shown = lambda result: ", ".join(f"{k} {v:.4f}" for k, v in result.items())  # noqa: E731
-        print(f"{name}: valid {shown(valid)}; test {shown(test)}", flush=True)
+        print(f"{name}: valid {_shown(valid)}; test {_shown(test)}", flush=True)
     return rows
 
 
