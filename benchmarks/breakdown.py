@@ -50,33 +50,20 @@ def test_ranks(model_name: str, checkpoint: str, dataset_name: str, config_files
                overrides: list[str]):
     """Per test user, in user-id order: (rank of the held-out item, 0 = first; its training
     interactions; the user's earlier interactions)."""
-    from recbole.data import data_preparation
-    from recbole.utils import init_seed
-
-    from recbole_onevision.compat import load_checkpoint
-    from recbole_onevision.config import Config
-    from recbole_onevision.registry import create_dataset
+    from recbole_onevision.quick_start import load_trained
 
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"--runs {model_name}={checkpoint}: no such checkpoint file")
-    config = Config(model_name, dataset_name, config_files, {"show_progress": False, "state": "WARNING"},
-                    cmd_args=overrides)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    popularity, earlier = leave_one_out_stats(config, dataset)
-    train, _, test = data_preparation(config, dataset)
-    model = config.model_class(config, train._dataset).to(config["device"])
-    state = load_checkpoint(checkpoint, map_location=config["device"])
-    model.load_state_dict(state["state_dict"])
-    model.load_other_parameter(state.get("other_parameter"))
-    model.eval()
+    config, model, _, (_, _, test), (popularity, earlier) = load_trained(
+        model_name, dataset_name, checkpoint, config_files, {"state": "WARNING"}, cmd_args=overrides,
+        before_split=leave_one_out_stats)  # one order for every model type
     ranks, users, items = [], [], []
     with torch.no_grad():
         for interaction, history_index, positive_u, positive_i in test:
             if len(positive_u) != len(interaction):
                 raise ValueError("breakdown: expected one held-out item per test row (leave-one-out)")
             interaction = interaction.to(config["device"])
-            scores = model.full_sort_predict(interaction).view(-1, dataset.item_num).float()
+            scores = model.full_sort_predict(interaction).view(-1, test._dataset.item_num).float()
             scores[:, 0] = -torch.inf
             if history_index is not None:
                 scores[history_index] = -torch.inf

@@ -49,8 +49,8 @@ def main(argv=None) -> None:
     parser.add_argument("--latency_queries", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (off, on alternating); best kept")
     args, overrides = parse_with_overrides(parser, argv)
-    config, model, trainer, (_, _, test_data) = load_trained("OneVision", args.dataset, args.checkpoint,
-                                                             cmd_args=overrides)
+    trained = load_trained("OneVision", args.dataset, args.checkpoint, cmd_args=overrides)
+    config, model, trainer, (_, _, test_data) = trained.config, trained.model, trained.trainer, trained.splits
 
     rows = []
     with torch.no_grad():

@@ -65,8 +65,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--config_files", default=None, help="extra config files (space or comma separated), as for run.py")
     args, overrides = parse_with_overrides(parser, argv)
     weights = parse_weights(args.weights)
-    _, model, trainer, (_, valid_data, test_data) = load_trained(
-        "OneVision", args.dataset, args.checkpoint, config_file_list(args.config_files), cmd_args=overrides)
+    trained = load_trained("OneVision", args.dataset, args.checkpoint, config_file_list(args.config_files),
+                           cmd_args=overrides)
+    model, trainer, (_, valid_data, test_data) = trained.model, trained.trainer, trained.splits
     if not bool(model.dense_trained):
         raise SystemExit(f"--checkpoint {args.checkpoint}: trained without the dense head's loss "
                          "(dense_loss_weight 0), so there is nothing to fuse")

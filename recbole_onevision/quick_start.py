@@ -11,6 +11,7 @@ import resource
 import shlex
 import time
 from logging import getLogger
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -114,21 +115,38 @@ def run_args(config, config_file_list=None, config_dict=None, cmd_args=None) -> 
     return args + [a for a in cmd_args or [] if not a.startswith("--checkpoint=")]
 
 
-def load_trained(model, dataset, checkpoint: str, config_file_list=None, config_dict=None, cmd_args=None):
-    """For scripts that re-evaluate a trained checkpoint: its config, data, model (weights
-    loaded, in eval mode) and trainer, as ``(config, model, trainer, (train, valid, test))``.
-    Pass the overrides the checkpoint was trained with, so the same SIDs are rebuilt."""
+class Trained(NamedTuple):
+    """What :func:`load_trained` gives."""
+    config: Config
+    model: torch.nn.Module
+    trainer: object
+    splits: tuple  # (train, valid, test) data loaders
+    before_split: object  # what its ``before_split`` returned (None without one)
+
+
+def load_trained(model, dataset, checkpoint: str, config_file_list=None, config_dict=None, cmd_args=None,
+                 before_split: Callable | None = None) -> Trained:
+    """For scripts that re-evaluate a trained checkpoint (any model ``run.py`` trains): its
+    config, data and model (weights and other parameters, e.g. Pop's counts, loaded; in eval
+    mode) with its trainer. Pass the overrides the checkpoint was trained with, so the same SIDs
+    are rebuilt. ``before_split(config, dataset)`` reads the dataset as loaded: RecBole's split
+    sorts it in place, by time for general models and by user then time for sequential ones."""
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint: no such file {checkpoint!r}")
     config = Config(model, dataset, config_file_list, {"show_progress": False, **(config_dict or {})},
                     cmd_args=cmd_args)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    splits = data_preparation(config, create_dataset(config))
+    data = create_dataset(config)
+    extra = before_split(config, data) if before_split is not None else None
+    splits = data_preparation(config, data)
     trained = config.model_class(config, splits[0]._dataset).to(config["device"])
-    trained.load_state_dict(load_checkpoint(checkpoint, map_location=config["device"])["state_dict"])
+    state = load_checkpoint(checkpoint, map_location=config["device"])
+    trained.load_state_dict(state["state_dict"])
+    trained.load_other_parameter(state.get("other_parameter"))
     trained.eval()
-    return config, trained, get_trainer(config["MODEL_TYPE"], config["model"])(config, trained), splits
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, trained)
+    return Trained(config, trained, trainer, splits, extra)
 
 
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None,
