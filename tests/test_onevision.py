@@ -208,18 +208,25 @@ def test_onevision_without_photos_or_profile_runs_on_ml100k(tmp_path):
     train, _, test = data_preparation(config, create_dataset(config))
     model = get_model("OneVision")(config, train._dataset)
     assert model.query_feature is None and model.profile_fields == []
-    assert model.history_item_embedding is not None  # auto: on without query photos
+    # auto without query photos: the item embedding, trained by the dense head, which alone ranks
+    assert model.history_item_embedding is not None and not model.item_output
+    assert model.dense_loss_weight == 1.0 and model.dense_only and model.encoder_input_dropout.p == 0.3
     loss = model.calculate_loss(next(iter(train)))
     loss.backward()
     assert torch.isfinite(loss)
     model.eval()
-    row = model.full_sort_predict(next(iter(test))[0])
-    assert (torch.isfinite(row).sum(1) == config["beam_size"]).all()
+    batch = next(iter(test))[0]
+    row = model.full_sort_predict(batch)
+    assert torch.isfinite(row[:, 1:]).all() and torch.isinf(row[:, 0]).all()  # every item, never padding
+    model.dense_only = False  # --dense_only=False: decoded, the beams and the dense head's top items
+    row = model.full_sort_predict(batch)
+    assert (torch.isfinite(row).sum(1) >= config["beam_size"]).all() and torch.isinf(row[:, 0]).all()
 
 
 @pytest.mark.parametrize("item_embedding", [False, True])
 def test_history_item_embedding_tells_apart_items_with_the_same_sid(tiny_root, tmp_path, item_embedding):
-    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=item_embedding)
+    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, encoder_dropout=0.0,
+                                         history_item_embedding=item_embedding)
     batch = next(iter(train))
     if item_embedding:  # learned: the rows of items read in the histories move
         before = model.history_item_embedding.weight.detach().clone()
@@ -245,7 +252,9 @@ def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path
     """With item_output the decoder's logits read the item embeddings, so the rows of items no
     history holds (here: targets) are trained too; without it only history items' rows are.
     A checkpoint made with the other setting is refused with the setting to use."""
-    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=item_output)
+    # no dense loss: it trains every item's row, whatever item_output
+    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=item_output,
+                                         dense_loss_weight=0)
     batch = next(iter(train))
     model.calculate_loss(batch).backward()
     grad = model.history_item_embedding.weight.grad.abs().sum(1)
@@ -253,7 +262,8 @@ def test_item_output_trains_item_vectors_through_the_decoder(tiny_root, tmp_path
     assert only_targets
     assert bool((grad[only_targets] > 0).all()) == item_output
     assert (grad[only_targets] == 0).all() != item_output
-    _, _, other, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=not item_output)
+    _, _, other, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=not item_output,
+                             dense_loss_weight=0)
     with pytest.raises(ValueError, match=f"--item_output={item_output}"):
         other.load_state_dict(model.state_dict())
 
@@ -282,8 +292,9 @@ def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stag
     loss alone (which trains it only through the first level's node vectors)."""
     mean_rank = {}
     for weight in (0.0, 1.0):
-        _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=True,
-                                             dense_loss_weight=weight, dense_readout=readout)
+        _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, encoder_dropout=0.0,
+                                             history_item_embedding=True, dense_loss_weight=weight,
+                                             dense_readout=readout)
         batches = list(train)
         model.set_stage(stage)
         train_steps(model, batches, 120)  # past the transient: at 60 steps an AMD EPYC gave 0.61 (SFT), 0.41 (DPO)
@@ -296,8 +307,8 @@ def test_history_readout_reads_the_most_recent_history_item(tiny_root, tmp_path)
     """dense_readout: history reads the encoder's state at each row's most recent history item,
     found the same way with absent tokens in place (training) and compacted away (inference);
     both adds the decoder's state at BOS."""
-    _, _, model, (_, _, test) = prepare(tiny_root, tmp_path, dropout=0.0, history_item_embedding=True,
-                                        dense_readout="history")
+    _, _, model, (_, _, test) = prepare(tiny_root, tmp_path, dropout=0.0, encoder_dropout=0.0,
+                                        history_item_embedding=True, dense_readout="history")
     batch = next(iter(test))[0]
     seq, length = batch["item_id_list"], batch["item_length"]
     assert (length > 0).all() and (length < seq.shape[1]).any()  # padded rows: compaction moves tokens
@@ -335,7 +346,7 @@ def test_dense_scores_join_the_beams(tiny_root, tmp_path):
     each once."""
     # no visual bias: its -1 for codes that continue no SID would make constrained ~ unconstrained
     config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, history_item_embedding=True,
-                                                   dense_score_weight=2.0, visual_bias=False)
+                                                   dense_only=False, dense_score_weight=2.0, visual_bias=False)
     torch.nn.init.normal_(model.history_item_embedding.weight, std=1.0)  # a dense head that disagrees with the beams
     model.eval()
     batch = next(iter(test))[0]
@@ -385,18 +396,22 @@ def test_dense_head_settings_are_checked(tiny_root, tmp_path, key):
 
 
 def test_dense_head_defaults_and_checkpoints(tiny_root, tmp_path):
-    """Auto: on with item_output (off with photos); scoring by an untrained dense head is refused,
-    in the config and when loading a checkpoint trained without its loss."""
+    """Auto: trained with the item embedding, and then it alone ranks unless item_output is on
+    (off with photos: the beams rank); scoring by an untrained dense head is refused, in the
+    config and when loading a checkpoint trained without its loss."""
     _, _, photos, _ = prepare(tiny_root, tmp_path)  # query photos: no item embedding, so no dense head
-    assert (photos.dense_loss_weight, photos.dense_score_weight) == (0.0, 0.0)
+    assert (photos.dense_loss_weight, photos.dense_score_weight, photos.dense_only) == (0.0, 0.0, False)
     _, _, auto, _ = prepare(tiny_root, tmp_path, history_item_embedding=True)
-    assert (auto.dense_loss_weight, auto.dense_score_weight) == (1.0, 1.0)
+    assert (auto.dense_loss_weight, auto.dense_score_weight, auto.dense_only) == (1.0, 1.0, True)
+    _, _, fused, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, item_output=True)
+    assert (fused.dense_loss_weight, fused.dense_score_weight, fused.dense_only) == (1.0, 1.0, False)
     with pytest.raises(ValueError, match="dense_score_weight: expected 0 when dense_loss_weight is 0"):
         prepare(tiny_root, tmp_path, history_item_embedding=True, dense_loss_weight=0, dense_score_weight=1.0)
     _, _, untrained, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_loss_weight=0)
     with pytest.raises(ValueError, match="--dense_loss_weight=0 --dense_score_weight=0"):
         auto.load_state_dict(untrained.state_dict())
-    _, _, beams_only, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_score_weight=0)
+    _, _, beams_only, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_only=False,
+                                  dense_score_weight=0)
     beams_only.load_state_dict(untrained.state_dict())  # the beams alone need no dense training
     with pytest.raises(ValueError, match="dense_only: True needs dense_loss_weight > 0"):
         prepare(tiny_root, tmp_path, history_item_embedding=True, dense_loss_weight=0, dense_only=True)
@@ -410,7 +425,7 @@ def test_dense_head_defaults_and_checkpoints(tiny_root, tmp_path):
 def test_sid_loss_weight_zero_trains_the_dense_head_alone(tiny_root, tmp_path):
     """The ablation leaves the SID output layer as initialised while the dense head learns the
     targets; without dense_only, or with a dpo stage, it is refused (the beams would be untrained)."""
-    common = dict(dropout=0.0, history_item_embedding=True, visual_prior_weight=0.0, dense_only=True,
+    common = dict(dropout=0.0, encoder_dropout=0.0, history_item_embedding=True, visual_prior_weight=0.0, dense_only=True,
                   stages=["sft"])
     _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, sid_loss_weight=0.0, **common)
     batches = list(train)
@@ -463,8 +478,12 @@ def test_encoder_dropout_applies_to_the_encoder_alone(tiny_root, tmp_path):
     decoder = {m.p for m in model.decoder.modules() if isinstance(m, torch.nn.Dropout)}
     assert encoder == {0.5} and model.encoder_input_dropout.p == 0.5
     assert decoder == {0.1} and model.input_dropout.p == 0.1
-    _, _, model, _ = prepare(tiny_root, tmp_path, dropout=0.2)  # ~: the encoder takes dropout
+    _, _, model, _ = prepare(tiny_root, tmp_path, dropout=0.2)  # ~: the encoder takes dropout...
     assert {m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
+    _, _, model, _ = prepare(tiny_root, tmp_path, dropout=0.2, history_item_embedding=True)
+    assert model.dense_only  # ...but 0.3 when the dense head alone ranks
+    assert {m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+    assert {m.p for m in model.decoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
     with pytest.raises(ValueError, match=r"encoder_dropout: expected a value in \[0, 1\), got 1.0"):
         prepare(tiny_root, tmp_path, encoder_dropout=1.0)
 
@@ -500,7 +519,7 @@ def test_score_fusion_script_evaluates_each_weight_as_a_run_would(tiny_root, tmp
     protocol, common = tinyshop(tiny_root, tmp_path)
     common += ["--d_model=32", "--ffn_size=64", "--history_item_embedding=True", "--stages=['sft']",
                "--stage_epochs={'sft': 2}"]
-    trained = run("OneVision", "tinyshop", protocol, cmd_args=common)
+    trained = run("OneVision", "tinyshop", protocol, cmd_args=common + ["--dense_only=False"])
     checkpoint = trained["checkpoint"]
     spec = importlib.util.spec_from_file_location("score_fusion", os.path.join(BENCHMARKS, "score_fusion.py"))
     score_fusion = importlib.util.module_from_spec(spec)
@@ -510,8 +529,8 @@ def test_score_fusion_script_evaluates_each_weight_as_a_run_would(tiny_root, tmp
     assert [r["setting"] for r in rows] == ["dense_score_weight 0 (beams alone)", "dense_score_weight 1",
                                             "dense head alone"]
     assert rows[1]["test"] == trained["test_result"]  # 1 is the default the run was evaluated with
-    for row, override in ((rows[0], "--dense_score_weight=0"), (rows[2], "--dense_only=True")):
-        again = run("OneVision", "tinyshop", protocol, cmd_args=common + [override], checkpoint=checkpoint)
+    for row, override in ((rows[0], "--dense_only=False --dense_score_weight=0"), (rows[2], "--dense_only=True")):
+        again = run("OneVision", "tinyshop", protocol, cmd_args=common + override.split(), checkpoint=checkpoint)
         assert (row["valid"], row["test"]) == (again["best_valid_result"], again["test_result"]), row["setting"]
     assert rows[0]["test"] != rows[2]["test"]  # the settings really differ on this checkpoint
     with pytest.raises(SystemExit, match="--weights: expected comma-separated numbers >= 0"):

