@@ -425,8 +425,8 @@ def test_dense_head_defaults_and_checkpoints(tiny_root, tmp_path):
 def test_sid_loss_weight_zero_trains_the_dense_head_alone(tiny_root, tmp_path):
     """The ablation leaves the SID output layer as initialised while the dense head learns the
     targets; without dense_only, or with a dpo stage, it is refused (the beams would be untrained)."""
-    common = dict(dropout=0.0, encoder_dropout=0.0, history_item_embedding=True, visual_prior_weight=0.0, dense_only=True,
-                  stages=["sft"])
+    common = dict(dropout=0.0, encoder_dropout=0.0, history_item_embedding=True, visual_prior_weight=0.0,
+                  dense_only=True, stages=["sft"])
     _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, sid_loss_weight=0.0, **common)
     batches = list(train)
     model.eval()
