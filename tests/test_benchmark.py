@@ -91,13 +91,32 @@ def test_report_ranks_models_and_tests_each_step_of_the_ranking():
 
     rows = {("d", "Close"): row([0.300, 0.305, 0.295]), ("d", "Best"): row([0.50, 0.51, 0.49]),
             ("d", "Near"): row([0.302, 0.296, 0.304]), ("d", "One"): row([0.1])}
-    table = [line for line in markdown(rows, "# t").splitlines() if line.startswith("| d |")]
+    ranking = markdown(rows, "# t").split("Per metric")[0]
+    table = [line for line in ranking.splitlines() if line.startswith("| d |")]
     assert [line.split(" | ")[1] for line in table] == ["Best", "Near", "Close", "One"]  # by mean ndcg@10
     verdicts = [line.split(" | ")[-2:] for line in table]
-    assert verdicts[0] == ["best", "significant (p=0.000) over Near |"]
+    assert verdicts[0] == ["best", "significant (p<0.001) over Near |"]
     assert verdicts[1][0].startswith("significant") and verdicts[1][1].startswith("not significant")
     assert verdicts[1][1].endswith("over Close |")
     assert verdicts[2][1] == "single seed over One |" and verdicts[3] == ["single seed", "last |"]
+
+
+def test_report_tests_each_metric_leader_against_its_runner_up():
+    """NDCG and recall can rank models differently: each metric's leader is named and tested."""
+    def row(recall, ndcg):
+        return {"seeds": len(ndcg), **{m: list(recall if m.startswith("recall") else ndcg) for m in benchmark.METRICS},
+                "train_min": 1.0, "p50": 1.0, "p95": 2.0, "peak_gb": 1.0}
+
+    rows = {("d", "Ranker"): row([0.080, 0.079, 0.081], [0.044, 0.045, 0.046]),
+            ("d", "Recaller"): row([0.090, 0.089, 0.091], [0.041, 0.046, 0.043]),
+            ("d", "Pop"): row([0.01, 0.01, 0.01], [0.005, 0.005, 0.005]),
+            ("alone", "Pop"): row([0.01], [0.005])}
+    leaders = {line.split(" | ")[1]: line.split(" | ")[2:] for line in markdown(rows, "# t").splitlines()
+               if line.startswith("| d | recall") or line.startswith("| d | ndcg")}
+    assert leaders["recall@10"][:3] == ["Recaller", "Ranker", "+0.0100 (+12.5%)"]
+    assert leaders["recall@10"][3].startswith("significant (p<0.001)")
+    assert leaders["ndcg@10"][:2] == ["Ranker", "Recaller"] and leaders["ndcg@10"][3].startswith("not significant")
+    assert "| alone | recall" not in markdown(rows, "# t")  # one model: nothing to lead
 
 
 def test_report_pins_other_code_for_named_models_and_scopes_overrides(tmp_path, capsys):
