@@ -300,10 +300,9 @@ def markdown(rows: dict, header: str) -> str:
 
 def metric_leaders(rows: dict) -> list[str]:
     """Per dataset and metric, the leading model and its gap to the runner-up on that metric,
-    tested: the ranking by QUALITY need not hold for recall, and a claim per metric needs its test."""
-    lines = ["Per metric: the best model on each test metric and its lead over the runner-up on that metric "
-             "(Welch's t-test, as above).", "",
-             "| dataset | metric | best | runner-up | lead | lead vs runner-up |", "|---" * 6 + "|"]
+    tested: the ranking by QUALITY need not hold for recall, and a claim per metric needs its test.
+    Empty when no dataset has two models."""
+    lines = []
     for dataset in dict.fromkeys(d for d, _ in rows):
         models = {m: r for (d, m), r in rows.items() if d == dataset}
         if len(models) < 2:
@@ -314,7 +313,11 @@ def metric_leaders(rows: dict) -> list[str]:
             relative = f" ({lead / base:+.1%})" if base > 0 else ""
             lines.append(f"| {dataset} | {metric} | {first} | {second} | {lead:+.4f}{relative} "
                          f"| {significance(a[metric], b[metric])} |")
-    return lines
+    if not lines:
+        return []
+    return ["Per metric: the best model on each test metric and its lead over the runner-up on that metric "
+            "(Welch's t-test, as above).", "",
+            "| dataset | metric | best | runner-up | lead | lead vs runner-up |", "|---" * 6 + "|", *lines]
 
 
 def plot(rows: dict, path: str) -> bool:

@@ -117,6 +117,7 @@ def test_report_tests_each_metric_leader_against_its_runner_up():
     assert leaders["recall@10"][3].startswith("significant (p<0.001)")
     assert leaders["ndcg@10"][:2] == ["Ranker", "Recaller"] and leaders["ndcg@10"][3].startswith("not significant")
     assert "| alone | recall" not in markdown(rows, "# t")  # one model: nothing to lead
+    assert "Per metric" not in markdown({("alone", "Pop"): rows[("alone", "Pop")]}, "# t")
 
 
 def test_report_pins_other_code_for_named_models_and_scopes_overrides(tmp_path, capsys):
