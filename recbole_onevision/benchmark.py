@@ -273,15 +273,19 @@ def significance(a: list[float], b: list[float]) -> str:
     return f"{'significant' if p < 0.05 else 'not significant'} ({'p<0.001' if p < 0.001 else f'p={p:.3f}'})"
 
 
+def ranked_per_dataset(rows: dict, metric: str) -> dict[str, list[tuple[str, dict]]]:
+    """{dataset: [(model, row), ...]} in the order of ``rows``' datasets, models by mean ``metric``, best first."""
+    return {dataset: sorted(((m, r) for (d, m), r in rows.items() if d == dataset), key=lambda mr: -np.mean(mr[1][metric]))
+            for dataset in dict.fromkeys(d for d, _ in rows)}
+
+
 def markdown(rows: dict, header: str) -> str:
     """One table; per dataset the models are ranked by mean test QUALITY, and each model's gap to
     the best one and to the next one down is tested (the steps of the ranking that hold)."""
     lines = [header, "", "| dataset | model | seeds | " + " | ".join(METRICS)
              + " | train (min) | latency p50 / p95 (ms) | peak memory (GB) | vs best | vs next |",
              "|---" * (len(METRICS) + 8) + "|"]
-    for dataset in dict.fromkeys(d for d, _ in rows):
-        ranked = sorted(((m, r) for (d, m), r in rows.items() if d == dataset),
-                        key=lambda mr: -np.mean(mr[1][QUALITY]))
+    for dataset, ranked in ranked_per_dataset(rows, QUALITY).items():
         best = ranked[0][1]
         for i, (model, r) in enumerate(ranked):
             cells = [f"{np.mean(r[m]):.4f}" + (f" ± {np.std(r[m], ddof=1):.4f}" if r["seeds"] > 1 else "")
@@ -303,12 +307,12 @@ def metric_leaders(rows: dict) -> list[str]:
     tested: the ranking by QUALITY need not hold for recall, and a claim per metric needs its test.
     Empty when no dataset has two models."""
     lines = []
-    for dataset in dict.fromkeys(d for d, _ in rows):
-        models = {m: r for (d, m), r in rows.items() if d == dataset}
-        if len(models) < 2:
-            continue
+    leaders = {metric: ranked_per_dataset(rows, metric) for metric in METRICS}
+    for dataset in leaders[QUALITY]:
         for metric in METRICS:
-            (first, a), (second, b) = sorted(models.items(), key=lambda mr: -np.mean(mr[1][metric]))[:2]
+            if len(leaders[metric][dataset]) < 2:
+                continue
+            (first, a), (second, b) = leaders[metric][dataset][:2]
             lead, base = np.mean(a[metric]) - np.mean(b[metric]), np.mean(b[metric])
             relative = f" ({lead / base:+.1%})" if base > 0 else ""
             lines.append(f"| {dataset} | {metric} | {first} | {second} | {lead:+.4f}{relative} "
