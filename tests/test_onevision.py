@@ -286,15 +286,16 @@ def dense_target_ranks(model, batches) -> torch.Tensor:
     return torch.cat(ranks).float()
 
 
-@pytest.mark.parametrize("stage, readout", [("sft", "decoder"), ("dpo", "decoder"), ("sft", "history")])
-def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stage, readout):
+@pytest.mark.parametrize("stage, readout, temperature", [("sft", "decoder", None), ("dpo", "decoder", None),
+                                                        ("sft", "history", None), ("sft", "history", 0.1)])
+def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stage, readout, temperature):
     """The dense head ranks the training targets far higher with its loss on than with the SID
     loss alone (which trains it only through the first level's node vectors)."""
     mean_rank = {}
     for weight in (0.0, 1.0):
         _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, encoder_dropout=0.0,
                                              history_item_embedding=True, dense_loss_weight=weight,
-                                             dense_readout=readout)
+                                             dense_readout=readout, dense_temperature=temperature)
         batches = list(train)
         model.set_stage(stage)
         train_steps(model, batches, 120)  # past the transient: at 60 steps an AMD EPYC gave 0.61 (SFT), 0.41 (DPO)
@@ -337,6 +338,31 @@ def test_history_readout_reads_the_most_recent_history_item(tiny_root, tmp_path)
     with pytest.raises(ValueError, match="--dense_readout=history"):
         decoder.load_state_dict(model.state_dict())
     model.dense_readout = "history"
+    model.load_state_dict(model.state_dict())
+
+
+def test_dense_temperature_scores_cosine_over_it(tiny_root, tmp_path):
+    """dense_temperature scores cosine similarity / temperature, bounded by 1 / temperature
+    whatever the vectors' norms; bad values are refused, and a checkpoint's dense head is read
+    with the temperature it was trained with, or refused."""
+    _, _, model, _ = prepare(tiny_root, tmp_path, history_item_embedding=True, dense_temperature=0.1)
+    items = model.history_item_embedding.weight.detach()
+    states = 100 * torch.randn(3, items.shape[1])
+    with torch.no_grad():
+        logits = model.dense_logits(states)
+    expected = torch.nn.functional.cosine_similarity(states[:, None], items[None], dim=-1) / 0.1
+    assert torch.allclose(logits[:, 1:], expected[:, 1:], atol=1e-4)
+    assert logits[:, 1:].abs().max() <= 10 + 1e-4 and torch.isneginf(logits[:, 0]).all()
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="dense_temperature: expected ~ .dot products. or a value > 0"):
+            prepare(tiny_root, tmp_path, history_item_embedding=True, dense_temperature=bad)
+    _, _, dot, _ = prepare(tiny_root, tmp_path, history_item_embedding=True)
+    with torch.no_grad():
+        assert torch.allclose(dot.dense_logits(states)[:, 1:], states @ dot.history_item_embedding.weight[1:].T)
+    with pytest.raises(ValueError, match="dense_temperature: 0.1, .* set `--dense_temperature=0.1`"):
+        dot.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="set `--dense_temperature=None`"):
+        model.load_state_dict(dot.state_dict())
     model.load_state_dict(model.state_dict())
 
 

@@ -38,6 +38,8 @@ beam set, so the saved work is real, not masked.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -168,6 +170,14 @@ class OneVision(SequentialRecommender):
         # nor one trained with one readout by another
         self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
         self.register_buffer("dense_readout_index", torch.tensor(DENSE_READOUTS.index(self.dense_readout)))
+        # the dense head's logits: dot products as SASRec's (~), or cosine similarities / this
+        # temperature, so no item is ranked by its vector's norm (docs/results.md: valid recall up on
+        # Beauty and Toys); saved (0 = dot products), as it changes every dense score
+        temperature = config["dense_temperature"]
+        self.dense_temperature = None if temperature is None else float(temperature)
+        if self.dense_temperature is not None and not 0 < self.dense_temperature < math.inf:
+            raise ValueError(f"config dense_temperature: expected ~ (dot products) or a value > 0, got {temperature}")
+        self.register_buffer("dense_temperature_value", torch.tensor(self.dense_temperature or 0.0))
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], float(config["dropout"])
         # the encoder (what reads the history) may be regularised apart from the decoder, which
@@ -243,6 +253,15 @@ class OneVision(SequentialRecommender):
             raise ValueError(f"OneVision checkpoint: its dense head was trained with dense_readout: {readout}, "
                              f"this model has {self.dense_readout}; set `--dense_readout={readout}` "
                              "(checkpoints from before dense_readout have decoder)")
+        if "dense_temperature_value" not in state_dict:  # checkpoints from before dense_temperature
+            state_dict = {**state_dict, "dense_temperature_value": torch.tensor(0.0)}
+        saved = float(state_dict["dense_temperature_value"])
+        if (strict and (self.dense_score_weight or self.dense_only) and bool(state_dict["dense_trained"])
+                and saved != float(self.dense_temperature_value)):
+            shown = f"{saved:.6g}" if saved else None  # the float32 buffer, as the config wrote it
+            raise ValueError(f"OneVision checkpoint: its dense head was trained with dense_temperature: "
+                             f"{shown or '~'}, this model has {self.dense_temperature or '~'}; set "
+                             f"`--dense_temperature={shown}` (checkpoints from before dense_temperature have ~)")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----- inputs --------------------------------------------------------------------------
@@ -511,8 +530,12 @@ class OneVision(SequentialRecommender):
 
     def dense_logits(self, states: torch.Tensor) -> torch.Tensor:
         """(rows, n_items): the dense head, the rows' :meth:`dense_state` dotted with every item's
-        embedding (padding id 0 at -inf)."""
-        logits = states @ self.history_item_embedding.weight.T
+        embedding, or their cosine / ``dense_temperature`` (padding id 0 at -inf)."""
+        items = self.history_item_embedding.weight
+        if self.dense_temperature:
+            logits = F.normalize(states, dim=-1) @ F.normalize(items, dim=-1).T / self.dense_temperature
+        else:
+            logits = states @ items.T
         return logits.index_fill(1, torch.zeros(1, dtype=torch.long, device=logits.device), float("-inf"))
 
     def dense_nll(self, states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
