@@ -353,7 +353,7 @@ def test_dense_temperature_scores_cosine_over_it(tiny_root, tmp_path):
     expected = torch.nn.functional.cosine_similarity(states[:, None], items[None], dim=-1) / 0.1
     assert torch.allclose(logits[:, 1:], expected[:, 1:], atol=1e-4)
     assert logits[:, 1:].abs().max() <= 10 + 1e-4 and torch.isneginf(logits[:, 0]).all()
-    for bad in (0, -1.0, float("nan"), float("inf")):
+    for bad in (0, -1.0, float("nan"), float("inf"), "cold"):
         with pytest.raises(ValueError, match="dense_temperature: expected ~ .dot products. or a value > 0"):
             prepare(tiny_root, tmp_path, history_item_embedding=True, dense_temperature=bad)
     _, _, dot, _ = prepare(tiny_root, tmp_path, history_item_embedding=True)

@@ -171,12 +171,15 @@ class OneVision(SequentialRecommender):
         self.register_buffer("dense_trained", torch.tensor(self.dense_loss_weight > 0))
         self.register_buffer("dense_readout_index", torch.tensor(DENSE_READOUTS.index(self.dense_readout)))
         # the dense head's logits: dot products as SASRec's (~), or cosine similarities / this
-        # temperature, so no item is ranked by its vector's norm (docs/results.md: valid recall up on
-        # Beauty and Toys); saved (0 = dot products), as it changes every dense score
+        # temperature, so no item is ranked by its vector's norm (docs/results.md "A temperature on
+        # the dense head"); saved (0 = dot products), as it changes every dense score
         temperature = config["dense_temperature"]
-        self.dense_temperature = None if temperature is None else float(temperature)
+        try:
+            self.dense_temperature = None if temperature is None else float(temperature)
+        except (TypeError, ValueError):
+            self.dense_temperature = math.nan
         if self.dense_temperature is not None and not 0 < self.dense_temperature < math.inf:
-            raise ValueError(f"config dense_temperature: expected ~ (dot products) or a value > 0, got {temperature}")
+            raise ValueError(f"config dense_temperature: expected ~ (dot products) or a value > 0, got {temperature!r}")
         self.register_buffer("dense_temperature_value", torch.tensor(self.dense_temperature or 0.0))
 
         heads, ffn, dropout = config["n_heads"], config["ffn_size"], float(config["dropout"])
