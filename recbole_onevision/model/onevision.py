@@ -244,23 +244,23 @@ class OneVision(SequentialRecommender):
                              "before item_output have none)")
         if "dense_trained" not in state_dict:  # checkpoints from before the dense head
             state_dict = {**state_dict, "dense_trained": torch.tensor(False)}
-        if strict and (self.dense_score_weight or self.dense_only) and not bool(state_dict["dense_trained"]):
+        # the dense head's settings matter only where it scores, and only if the checkpoint trained it
+        scores_dense = strict and bool(self.dense_score_weight or self.dense_only)
+        if scores_dense and not bool(state_dict["dense_trained"]):
             raise ValueError("OneVision checkpoint: it was trained without the dense head's loss, so its dense "
                              "scores mean nothing; set `--dense_loss_weight=0 --dense_score_weight=0` and no "
                              "`--dense_only` (checkpoints from before the dense head have none)")
         if "dense_readout_index" not in state_dict:  # checkpoints from before dense_readout
             state_dict = {**state_dict, "dense_readout_index": torch.tensor(0)}
         readout = DENSE_READOUTS[int(state_dict["dense_readout_index"])]
-        if (strict and (self.dense_score_weight or self.dense_only) and bool(state_dict["dense_trained"])
-                and readout != self.dense_readout):
+        if scores_dense and readout != self.dense_readout:
             raise ValueError(f"OneVision checkpoint: its dense head was trained with dense_readout: {readout}, "
                              f"this model has {self.dense_readout}; set `--dense_readout={readout}` "
                              "(checkpoints from before dense_readout have decoder)")
         if "dense_temperature_value" not in state_dict:  # checkpoints from before dense_temperature
             state_dict = {**state_dict, "dense_temperature_value": torch.tensor(0.0)}
         saved = float(state_dict["dense_temperature_value"])
-        if (strict and (self.dense_score_weight or self.dense_only) and bool(state_dict["dense_trained"])
-                and saved != float(self.dense_temperature_value)):
+        if scores_dense and saved != float(self.dense_temperature_value):
             shown = f"{saved:.6g}" if saved else None  # the float32 buffer, as the config wrote it
             raise ValueError(f"OneVision checkpoint: its dense head was trained with dense_temperature: "
                              f"{shown or '~'}, this model has {self.dense_temperature or '~'}; set "
