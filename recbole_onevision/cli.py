@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Plugin models (recbole_onevision.model) are looked up first, then RecBole's own.",
         epilog="Any other --key=value sets that RecBole/plugin config key, overriding YAML "
         "files; values are read as Python literals where they parse as one, so quote lists of names: "
-        "--epochs=5 --topk=[5,10] \"--metrics=['Recall','NDCG']\" --gpu_id=0. "
+        "--epochs=5 --topk=[5,10] \"--metrics=['Recall','NDCG']\" --gpu_id=0; ~ (or None) sets a "
+        "key back to its YAML default of ~. "
         "Results are logged as a table and saved as JSON under checkpoint_dir (saved/).",
     )
     parser.add_argument("--model", "-m", default=DEFAULT_MODEL,

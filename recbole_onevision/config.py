@@ -16,6 +16,9 @@ from recbole_onevision import metrics, registry  # noqa: F401 (metrics: register
 from recbole_onevision.compat import install_numpy_aliases, no_default_negatives_for_ce
 
 
+YAML_NULLS = {"~", "null", "Null", "NULL"}
+
+
 class Config(RecBoleConfig):
     """RecBole ``Config`` that resolves plugin models and plugin YAML defaults.
 
@@ -45,7 +48,11 @@ class Config(RecBoleConfig):
             if key in overrides and overrides[key] != value:
                 raise ValueError(f"command-line override --{key} given twice with different values")
             overrides[key] = value
-        return self._convert_config_dict(overrides)
+        converted = self._convert_config_dict(overrides)
+        # YAML's null spellings mean None here too (RecBole would keep them as strings), so
+        # the documented `key: ~` defaults can be set back from the command line
+        return {key: None if isinstance(value, str) and value in YAML_NULLS else value
+                for key, value in converted.items()}
 
     def _get_model_and_dataset(self, model, dataset):
         model = model if model is not None else self.external_config_dict.get("model")

@@ -51,7 +51,7 @@ class OneVisionTrainer(Trainer):
         result = (self.best_valid_score, None)
         for stage in stages:
             if not self.model.supports_stage(stage):
-                self.logger.warning(f"OneVision: skipping stage {stage!r} (the dataset has no query photos)")
+                self.logger.warning(f"OneVision: skipping stage {stage!r} (no query photos: the dataset has none, or visual_tokens is 0)")
                 continue
             seed = self.config["seed"] + STAGES.index(stage)
             init_seed(seed, self.config["reproducibility"])

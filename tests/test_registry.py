@@ -91,6 +91,16 @@ def test_overrides_reach_config_with_precedence(tmp_path):
     assert config["train_neg_sample_args"]["distribution"] == "none"  # CE needs no negatives
 
 
+def test_yaml_null_on_the_command_line_is_none(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("dense_temperature: 0.1\nencoder_dropout: 0.5\nwarm_note: x\n")
+    config = Config("SASRec", "ml-100k", [str(config_file)],
+                    cmd_args=["--dense_temperature=~", "--encoder_dropout=null", "--warm_note=~x"])
+    assert config["dense_temperature"] is None  # a `key: ~` default can be set back
+    assert config["encoder_dropout"] is None
+    assert config["warm_note"] == "~x"  # only a whole null spelling is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["--epochs"], "expected --key=value"),
     (["--epochs=1", "--epochs=2"], "given twice"),
