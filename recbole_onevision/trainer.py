@@ -42,6 +42,10 @@ class OneVisionTrainer(Trainer):
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages:
             raise ValueError(f"config stages: expected some of {', '.join(STAGES)}, got {stages!r}")
+        runnable = [s for s in stages if self.model.supports_stage(s)]
+        if not runnable:
+            raise ValueError(f"config stages: none of {stages} can run here (pretrain needs query photos; "
+                             "the dataset has none, or visual_tokens is 0)")
         start = self.config["start_checkpoint"]
         if start:
             checkpoint = load_checkpoint(str(start), map_location=self.device)
@@ -58,6 +62,11 @@ class OneVisionTrainer(Trainer):
             train_data.generator.manual_seed(seed)
             self.model.set_stage(stage)
             self.epochs = int(self._stage_setting("stage_epochs", stage, self.config["epochs"]))
+            if self.epochs < 1:
+                raise ValueError(f"config stage_epochs: stage {stage!r} needs at least 1 epoch "
+                                 f"(leave it out of stages instead), got {self.epochs}")
+            # RecBole fixes eval_step once, from epochs: a shorter stage would never be validated
+            self.eval_step = min(int(self.config["eval_step"]), self.epochs)
             learning_rate = float(self._stage_setting("stage_learning_rates", stage, self.learning_rate))
             self.optimizer = self._build_optimizer(learning_rate=learning_rate)
             self.start_epoch, self.cur_step = 0, 0

@@ -408,7 +408,11 @@ def test_dense_only_ranks_every_item_by_the_dense_head(tiny_root, tmp_path):
     row = model.full_sort_predict(batch)
     assert torch.isfinite(row[:, 1:]).all() and torch.isinf(row[:, 0]).all()
     assert torch.allclose(row[:, 1:], torch.log_softmax(dense_logits_of(model, batch), -1)[:, 1:], atol=1e-5)
+    # sampled evaluation scores an item as full ranking does
+    expected = row.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1)
+    assert torch.allclose(model.predict(batch), expected, atol=1e-5)
     model.dense_only = False
+    assert not torch.allclose(model.predict(batch), expected, atol=1e-3)  # the SID log-probability
     beams = model.full_sort_predict(batch)
     assert (torch.isfinite(beams).sum(1) <= model.beam_size).all()  # what dense_only is compared with
 
@@ -632,6 +636,33 @@ def test_resuming_from_a_stage_checkpoint_equals_an_uninterrupted_run(tiny_root,
         resumed_model.load_state_dict(state)
     state.pop("item_sid")  # written before SIDs were saved: loads as before
     resumed_model.load_state_dict(state)
+
+
+def test_every_stage_is_validated_and_checkpointed_whatever_its_length(tiny_root, tmp_path):
+    """eval_step is capped by each stage's epochs, not the config's: a 2-epoch stage with
+    eval_step 5 still picks its best epoch on validation and writes its checkpoint."""
+    from recbole_onevision.registry import get_trainer
+
+    config, _, model, (train, valid, _) = prepare(
+        tiny_root, tmp_path, stages=["pretrain", "sft"], stage_epochs={"pretrain": 1, "sft": 2},
+        epochs=30, eval_step=5, checkpoint_dir=str(tmp_path / "saved"))
+    trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model)
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    assert set(trainer.stage_files) == {"pretrain", "sft"}
+    assert all(result[1] is not None for result in trainer.stage_results.values())
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"stages": ["pretrain"], "visual_tokens": 0}, "none of \\['pretrain'\\] can run here"),
+    ({"stages": ["sft"], "stage_epochs": {"sft": 0}}, "stage 'sft' needs at least 1 epoch"),
+])
+def test_stages_that_cannot_train_are_refused(tiny_root, tmp_path, extra, message):
+    from recbole_onevision.registry import get_trainer
+
+    config, _, model, (train, valid, _) = prepare(tiny_root, tmp_path, checkpoint_dir=str(tmp_path), **extra)
+    trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(train, valid, saved=True, show_progress=False)
 
 
 def test_dynamic_pruning_drops_unrelated_history_and_hopeless_beams(tiny_root, tmp_path):

@@ -766,12 +766,16 @@ class OneVision(SequentialRecommender):
         total, best = total.topk(min(beams, total.shape[1]), 1)
         return torch.where(torch.isfinite(total), candidates.gather(1, best), 0), total
 
+    def dense_log_probs(self, interaction) -> torch.Tensor:
+        """(rows, n_items) every item's dense log-probability (what ``dense_only`` ranks by)."""
+        memory, mask = self.encode(interaction, prune=self.prune)
+        bos = torch.full((len(memory), 1), self.bos_token, device=memory.device)
+        first = None if self.dense_readout == "history" else self.decode(memory, mask, bos)[:, 0]
+        return torch.log_softmax(self.dense_logits(self.dense_state(memory, mask, first)), -1)
+
     def full_sort_predict(self, interaction):
-        if self.dense_only:  # every item's dense log-probability; no beam search
-            memory, mask = self.encode(interaction, prune=self.prune)
-            bos = torch.full((len(memory), 1), self.bos_token, device=memory.device)
-            first = None if self.dense_readout == "history" else self.decode(memory, mask, bos)[:, 0]
-            return torch.log_softmax(self.dense_logits(self.dense_state(memory, mask, first)), -1)
+        if self.dense_only:  # no beam search
+            return self.dense_log_probs(interaction)
         items, scores = self.generate(interaction)
         out = torch.full((len(items), self.n_items), float("-inf"), device=items.device)
         out.scatter_(1, items, scores)
@@ -779,8 +783,12 @@ class OneVision(SequentialRecommender):
         return out
 
     def predict(self, interaction):
-        """Log-probability of the SID of ``interaction``'s item (sampled evaluation)."""
-        return self(interaction, interaction[self.ITEM_ID])
+        """Sampled evaluation: ``interaction``'s item's dense log-probability with ``dense_only``
+        (as full ranking scores it), else the log-probability of its SID."""
+        items = interaction[self.ITEM_ID]
+        if self.dense_only:
+            return self.dense_log_probs(interaction).gather(1, items.unsqueeze(1)).squeeze(1)
+        return self(interaction, items)
 
 
 def _compact(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
