@@ -46,6 +46,11 @@ class OneVisionTrainer(Trainer):
         if not runnable:
             raise ValueError(f"config stages: none of {stages} can run here (pretrain needs query photos; "
                              "the dataset has none, or visual_tokens is 0)")
+        epochs = {s: int(self._stage_setting("stage_epochs", s, self.config["epochs"])) for s in runnable}
+        short = {s: n for s, n in epochs.items() if n < 1}
+        if short:  # checked before any stage trains
+            raise ValueError(f"config stage_epochs: every stage run needs at least 1 epoch (leave the stage "
+                             f"out of stages instead), got {short}")
         start = self.config["start_checkpoint"]
         if start:
             checkpoint = load_checkpoint(str(start), map_location=self.device)
@@ -61,10 +66,7 @@ class OneVisionTrainer(Trainer):
             init_seed(seed, self.config["reproducibility"])
             train_data.generator.manual_seed(seed)
             self.model.set_stage(stage)
-            self.epochs = int(self._stage_setting("stage_epochs", stage, self.config["epochs"]))
-            if self.epochs < 1:
-                raise ValueError(f"config stage_epochs: stage {stage!r} needs at least 1 epoch "
-                                 f"(leave it out of stages instead), got {self.epochs}")
+            self.epochs = epochs[stage]
             # RecBole fixes eval_step once, from epochs: a shorter stage would never be validated
             self.eval_step = min(int(self.config["eval_step"]), self.epochs)
             learning_rate = float(self._stage_setting("stage_learning_rates", stage, self.learning_rate))

@@ -654,7 +654,7 @@ def test_every_stage_is_validated_and_checkpointed_whatever_its_length(tiny_root
 
 @pytest.mark.parametrize("extra, message", [
     ({"stages": ["pretrain"], "visual_tokens": 0}, "none of \\['pretrain'\\] can run here"),
-    ({"stages": ["sft"], "stage_epochs": {"sft": 0}}, "stage 'sft' needs at least 1 epoch"),
+    ({"stages": ["sft", "dpo"], "stage_epochs": {"sft": 1, "dpo": 0}}, "at least 1 epoch .*got \\{'dpo': 0\\}"),
 ])
 def test_stages_that_cannot_train_are_refused(tiny_root, tmp_path, extra, message):
     from recbole_onevision.registry import get_trainer
