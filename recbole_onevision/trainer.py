@@ -58,10 +58,9 @@ class OneVisionTrainer(Trainer):
             self.logger.info(f"OneVision: starting from {start}")
         base = os.path.splitext(self.saved_model_file)[0]
         result = (self.best_valid_score, None)
-        for stage in stages:
-            if not self.model.supports_stage(stage):
-                self.logger.warning(f"OneVision: skipping stage {stage!r} (no query photos: the dataset has none, or visual_tokens is 0)")
-                continue
+        for stage in [s for s in stages if s not in runnable]:
+            self.logger.warning(f"OneVision: skipping stage {stage!r} (no query photos: the dataset has none, or visual_tokens is 0)")
+        for stage in runnable:
             seed = self.config["seed"] + STAGES.index(stage)
             init_seed(seed, self.config["reproducibility"])
             train_data.generator.manual_seed(seed)
