@@ -619,7 +619,7 @@ def test_resuming_from_a_stage_checkpoint_equals_an_uninterrupted_run(tiny_root,
         config, _, model, (train, valid, _) = prepare(
             tiny_root, tmp_path, stages=stages, stage_epochs={"pretrain": 1, "sft": 2}, checkpoint_dir=str(saved_dir),
             **extra)
-        trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model)
+        trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model.to(config["device"]))
         trainer.fit(train, valid, saved=True, show_progress=False)
         return trainer, model
 
@@ -628,7 +628,10 @@ def test_resuming_from_a_stage_checkpoint_equals_an_uninterrupted_run(tiny_root,
     _, resumed_model = fit(["sft"], tmp_path / "c", start_checkpoint=first.stage_files["pretrain"])
     assert set(whole.stage_files) == {"pretrain", "sft"}
     for (name, a), (_, b) in zip(whole_model.state_dict().items(), resumed_model.state_dict().items()):
-        assert torch.equal(a, b), name
+        if a.is_cuda:  # CUDA's scatter-adds (embedding gradients) sum in no fixed order
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+        else:
+            assert torch.equal(a, b), name
     # a checkpoint is refused on other SIDs (its weights would decode the wrong items)
     state = dict(whole_model.state_dict())
     state["item_sid"] = state["item_sid"][[0, 2, 1, *range(3, len(state["item_sid"]))]]
@@ -646,7 +649,7 @@ def test_every_stage_is_validated_and_checkpointed_whatever_its_length(tiny_root
     config, _, model, (train, valid, _) = prepare(
         tiny_root, tmp_path, stages=["pretrain", "sft"], stage_epochs={"pretrain": 1, "sft": 2},
         epochs=30, eval_step=5, checkpoint_dir=str(tmp_path / "saved"))
-    trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model)
+    trainer = get_trainer(config["MODEL_TYPE"], "OneVision")(config, model.to(config["device"]))
     trainer.fit(train, valid, saved=True, show_progress=False)
     assert set(trainer.stage_files) == {"pretrain", "sft"}
     assert all(result[1] is not None for result in trainer.stage_results.values())
