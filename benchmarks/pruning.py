@@ -4,7 +4,7 @@
                                  [--latency_queries 300] [--key=value ...]
 
 The checkpoint is evaluated on the test split twice through RecBole's evaluator (pruning off,
-then on; ``--prune_*`` overrides set the thresholds). For each setting the table gives the
+then on; a ``--prune={...}`` override sets the thresholds). For each setting the table gives the
 metrics, the FLOPs of decoding per query (torch's FlopCounterMode over the whole test split),
 the encoder tokens and decoder beam expansions per query, the single-query latency (p50/p95
 over ``--latency_queries`` test queries, one at a time, after a warm-up) and the batched
@@ -15,6 +15,7 @@ so the same SIDs are rebuilt (they come from the VRQ cache).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -35,10 +36,9 @@ def decode_cost(model, test_data) -> dict:
     for batch in test_data:
         interaction = batch[0].to(model.device)
         with FlopCounterMode(display=False) as counter:
-            model.generate(interaction)
+            _, _, stats = model.generate(interaction)
         flops += counter.get_total_flops()
-        stats = model.decode_stats
-        tokens, beams, rows = tokens + stats["memory_tokens"], beams + stats["beams_expanded"], rows + stats["rows"]
+        tokens, beams, rows = tokens + stats.memory_tokens, beams + stats.beams_expanded, rows + stats.rows
     return {"mflops": flops / rows / 1e6, "tokens": tokens / rows, "beams": beams / rows}
 
 
@@ -55,14 +55,14 @@ def main(argv=None) -> None:
     rows = []
     with torch.no_grad():
         for prune in (False, True):
-            model.prune = prune
+            model.params = dataclasses.replace(model.params, prune_enabled=prune)
             result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
             rows.append({"setting": "pruning on" if prune else "pruning off", **result,
                          **decode_cost(model, test_data), "seconds": float("inf")})
         # timings alternate off/on (best of --repeats), so load from other processes hits both alike
         for _ in range(args.repeats):
             for prune, row in zip((False, True), rows):
-                model.prune = prune
+                model.params = dataclasses.replace(model.params, prune_enabled=prune)
                 start = time.perf_counter()
                 trainer.evaluate(test_data, load_best_model=False, show_progress=False)
                 row["seconds"] = min(row["seconds"], time.perf_counter() - start)
@@ -77,8 +77,7 @@ def main(argv=None) -> None:
     heads = metrics + ["MFLOPs/query", "encoder tokens/query", "beams decoded/query", "latency p50 (ms)",
                        "latency p95 (ms)", "queries/s (batched)"]
     print(f"\nOneVision dynamic pruning on {args.dataset} test ({len(test_data.dataset.inter_feat)} queries), "
-          f"checkpoint {args.checkpoint}; thresholds: keep_recent {config['prune_keep_recent']}, prefix_levels "
-          f"{config['prune_prefix_levels']}, beam_margin {config['prune_beam_margin']}, beam_size "
+          f"checkpoint {args.checkpoint}; thresholds: {model.params.prune}, beam_size "
           f"{config['beam_size']}; latency over {rows[0]['queries']} single queries, best of {args.repeats} rounds")
     print(f"{platform.node()} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {datetime.date.today()}\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch
+import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_onevision import metrics, registry  # noqa: F401 (metrics: registers them with RecBole)
@@ -17,6 +18,39 @@ from recbole_onevision.compat import install_numpy_aliases, no_default_negatives
 
 
 YAML_NULLS = {"~", "null", "Null", "NULL"}
+# mapping-valued keys: a layer (a YAML file, config_dict, the command line) that sets part of
+# one changes only the entries it names, so `--dense_head={'temperature': 0.1}` keeps the weight
+MERGED_KEYS = ("dense_head", "loss_weights", "prune", "stages")
+
+
+def merge_setting(key: str, default, value):
+    """``value`` of a :data:`MERGED_KEYS` key over its ``default``. ``stages`` is special: the
+    stages named (a list, or the keys of a mapping) are exactly those that run, each with its
+    default settings updated by the mapping's; ``prune: True/False`` switches pruning alone."""
+    if key == "stages":
+        return merge_stages(default if isinstance(default, dict) else {}, value)
+    if key == "prune" and isinstance(value, bool):
+        value = {"enabled": value}
+    if isinstance(default, dict) and isinstance(value, dict):
+        return {**default, **value}
+    return value
+
+
+def merge_stages(default: dict, value):
+    if isinstance(value, str):  # --stages=[sft,dpo] or --stages=sft (names do not parse as literals)
+        value = [s.strip(" '\"") for s in value.strip("[]").split(",") if s.strip(" '\"")]
+    if isinstance(value, (list, tuple)):
+        return {name: dict(default.get(name) or {}) for name in value}
+    if isinstance(value, dict):
+        return {name: {**(default.get(name) or {}), **(settings or {})} for name, settings in value.items()}
+    return value
+
+
+def layer(target: dict, new: dict | None) -> dict:
+    """``target`` updated by ``new``, merging :data:`MERGED_KEYS`."""
+    for key, value in (new or {}).items():
+        target[key] = merge_setting(key, target[key], value) if key in MERGED_KEYS and key in target else value
+    return target
 
 
 class Config(RecBoleConfig):
@@ -65,8 +99,26 @@ class Config(RecBoleConfig):
             return model, registry.get_model(model), dataset
         return model.__name__, model, dataset
 
+    def _load_config_files(self, file_list):
+        merged = {}
+        for path in file_list or []:
+            with open(path, "r", encoding="utf-8") as f:
+                layer(merged, yaml.load(f.read(), Loader=self.yaml_loader))
+        return merged
+
+    def _merge_external_config_dict(self):
+        self.external_config_dict = {}
+        for part in (self.file_config_dict, self.variable_config_dict, self.cmd_config_dict):
+            layer(self.external_config_dict, part)
+
+    def _update_internal_config_dict(self, file):
+        with open(file, "r", encoding="utf-8") as f:
+            config_dict = yaml.load(f.read(), Loader=self.yaml_loader)
+        layer(self.internal_config_dict, config_dict)
+        return config_dict
+
     def _get_final_config_dict(self):
-        final = super()._get_final_config_dict()
+        final = layer(dict(self.internal_config_dict), self.external_config_dict)
         no_default_negatives_for_ce(final, self.external_config_dict)
         return final
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 from recbole.trainer import Trainer
@@ -9,13 +10,57 @@ from recbole.utils import init_seed
 
 from recbole_onevision.compat import load_checkpoint
 
+STAGES = ("pretrain", "sft", "dpo")  # in the order the paper trains them
+STAGE_KEYS = {"pretrain": {"epochs", "learning_rate"}, "sft": {"epochs", "learning_rate"},
+              "dpo": {"epochs", "learning_rate", "beta", "sft_weight"}}
+
+
+class Stage(NamedTuple):
+    name: str
+    epochs: int
+    learning_rate: float
+    settings: dict  # the stage's own (DPO: beta, sft_weight)
+
+
+def stage_plan(config) -> tuple[Stage, ...]:
+    """The ``stages`` mapping (merged over its defaults by :mod:`recbole_onevision.config`),
+    checked: known stages in training order, each with at least one epoch, known keys only."""
+    stages = config["stages"]
+    if not isinstance(stages, dict) or not stages:
+        raise ValueError(f"config stages: expected some of {', '.join(STAGES)} (a list, or a mapping stage -> "
+                         f"settings), got {stages!r}")
+    plan = []
+    for name, settings in stages.items():
+        if name not in STAGES:
+            raise ValueError(f"config stages: unknown stage {name!r}; expected some of {', '.join(STAGES)}")
+        settings = dict(settings or {})
+        unknown = sorted(set(settings) - STAGE_KEYS[name])
+        if unknown:
+            raise ValueError(f"config stages: {name} has unknown keys {unknown}; expected some of "
+                             f"{sorted(STAGE_KEYS[name])}")
+        epochs = settings.pop("epochs", None)
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise ValueError(f"config stages: {name} needs epochs, an integer >= 1 (leave the stage out "
+                             f"instead), got {epochs!r}")
+        learning_rate = settings.pop("learning_rate", config["learning_rate"])
+        try:
+            learning_rate = float(learning_rate)
+        except (TypeError, ValueError):
+            learning_rate = float("nan")
+        if not learning_rate > 0:
+            raise ValueError(f"config stages: {name} learning_rate: expected a number > 0, got {learning_rate!r}")
+        plan.append(Stage(name, epochs, learning_rate, settings))
+    order = [STAGES.index(stage.name) for stage in plan]
+    if order != sorted(order):
+        raise ValueError(f"config stages: expected them in training order ({', '.join(STAGES)}), got {list(stages)}")
+    return tuple(plan)
+
 
 class OneVisionTrainer(Trainer):
     """Runs OneVision's training stages (``stages``, e.g. ``[pretrain, sft, dpo]``) one after
     another through RecBole's own ``fit`` loop.
 
-    Each stage has its own epochs (``stage_epochs``), learning rate (``stage_learning_rates``),
-    fresh optimizer, early stopping on the validation metric and checkpoint file
+    Each stage has its own epochs and learning rate (:func:`stage_plan`), fresh optimizer, early stopping on the validation metric and checkpoint file
     (``<checkpoint>-<stage>.pth``); the next stage starts from the previous stage's best
     checkpoint. Every stage reseeds the random streams (``seed`` + the stage's index), so a run
     resumed from a stage checkpoint (``start_checkpoint``, with ``stages`` listing the stages
@@ -27,30 +72,12 @@ class OneVisionTrainer(Trainer):
         self.stage_files: dict[str, str] = {}
         self.stage_results: dict[str, tuple] = {}
 
-    def _stage_setting(self, key: str, stage: str, default):
-        values = self.config[key] or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"config {key}: expected a mapping stage -> value, got {values!r}")
-        return values.get(stage, default)
-
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        from recbole_onevision.model.onevision import STAGES
-
-        stages = self.config["stages"] or ["sft"]
-        if isinstance(stages, str):  # --stages=[sft,dpo] or --stages=sft from the command line
-            stages = [s.strip(" '\"") for s in stages.strip("[]").split(",") if s.strip()]
-        unknown = [s for s in stages if s not in STAGES]
-        if unknown or not stages:
-            raise ValueError(f"config stages: expected some of {', '.join(STAGES)}, got {stages!r}")
-        runnable = [s for s in stages if self.model.supports_stage(s)]
+        plan = stage_plan(self.config)
+        runnable = [stage for stage in plan if self.model.supports_stage(stage.name)]
         if not runnable:
-            raise ValueError(f"config stages: none of {stages} can run here (pretrain needs query photos; "
-                             "the dataset has none, or visual_tokens is 0)")
-        epochs = {s: int(self._stage_setting("stage_epochs", s, self.config["epochs"])) for s in runnable}
-        short = {s: n for s, n in epochs.items() if n < 1}
-        if short:  # checked before any stage trains
-            raise ValueError(f"config stage_epochs: every stage run needs at least 1 epoch (leave the stage "
-                             f"out of stages instead), got {short}")
+            raise ValueError(f"config stages: none of {[s.name for s in plan]} can run here (pretrain needs query "
+                             "photos; the dataset has none, or visual_tokens is 0)")
         start = self.config["start_checkpoint"]
         if start:
             checkpoint = load_checkpoint(str(start), map_location=self.device)
@@ -58,28 +85,29 @@ class OneVisionTrainer(Trainer):
             self.logger.info(f"OneVision: starting from {start}")
         base = os.path.splitext(self.saved_model_file)[0]
         result = (self.best_valid_score, None)
-        for stage in [s for s in stages if s not in runnable]:
-            self.logger.warning(f"OneVision: skipping stage {stage!r} (no query photos: the dataset has none, or visual_tokens is 0)")
+        for stage in plan:
+            if stage not in runnable:
+                self.logger.warning(f"OneVision: skipping stage {stage.name!r} (no query photos: the dataset has "
+                                    "none, or visual_tokens is 0)")
         for stage in runnable:
-            seed = self.config["seed"] + STAGES.index(stage)
+            seed = self.config["seed"] + STAGES.index(stage.name)
             init_seed(seed, self.config["reproducibility"])
             train_data.generator.manual_seed(seed)
-            self.model.set_stage(stage)
-            self.epochs = epochs[stage]
+            self.model.set_stage(stage.name)
+            self.epochs = stage.epochs
             # RecBole fixes eval_step once, from epochs: a shorter stage would never be validated
             self.eval_step = min(int(self.config["eval_step"]), self.epochs)
-            learning_rate = float(self._stage_setting("stage_learning_rates", stage, self.learning_rate))
-            self.optimizer = self._build_optimizer(learning_rate=learning_rate)
+            self.optimizer = self._build_optimizer(learning_rate=stage.learning_rate)
             self.start_epoch, self.cur_step = 0, 0
             self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
             self.best_valid_result = None
-            self.saved_model_file = f"{base}-{stage}.pth"
-            self.logger.info(f"OneVision stage {stage}: {self.epochs} epochs, learning rate {learning_rate}")
+            self.saved_model_file = f"{base}-{stage.name}.pth"
+            self.logger.info(f"OneVision stage {stage.name}: {self.epochs} epochs, learning rate {stage.learning_rate}")
             result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-            self.stage_results[stage] = result
+            self.stage_results[stage.name] = result
             if saved and os.path.isfile(self.saved_model_file):
-                self.stage_files[stage] = self.saved_model_file
+                self.stage_files[stage.name] = self.saved_model_file
                 best = load_checkpoint(self.saved_model_file, map_location=self.device)
                 self.model.load_state_dict(best["state_dict"])
-            self.logger.info(f"OneVision stage {stage} done: best valid {self.valid_metric} {result[0]:.4f}")
+            self.logger.info(f"OneVision stage {stage.name} done: best valid {self.valid_metric} {result[0]:.4f}")
         return result

@@ -21,3 +21,14 @@ def quiet_config():
         return {"show_progress": False, "checkpoint_dir": str(tmp_path / "saved"),
                 "state": "WARNING", **extra}
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A tiny generated multi-view shop (300 items, 40 users) as dataset mvshop-mini."""
+    from onevision_support import TINY
+    from recbole_onevision.preprocess import mvshop
+
+    root = tmp_path_factory.mktemp("tiny")
+    mvshop.generate("mini", str(root), spec=TINY)
+    return root

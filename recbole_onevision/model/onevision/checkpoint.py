@@ -1,0 +1,36 @@
+"""What a OneVision checkpoint records beside its weights, and the check made on loading it."""
+from __future__ import annotations
+
+import torch
+
+FORMAT = 2  # raised whenever the weights' layout or meaning changes; older files are refused
+EXTRA = "_extra_state"  # torch's key for a module's get_extra_state()
+
+
+def extra_state(params) -> dict:
+    return {"format": FORMAT, "settings": params.trained_settings()}
+
+
+def check(state_dict: dict, params, item_sid: torch.Tensor) -> None:
+    """Refuse, with one message saying what differs, a checkpoint of another format, trained
+    with other settings (its weights would mean something else) or on other semantic IDs."""
+    saved = state_dict.get(EXTRA)
+    version = saved.get("format") if isinstance(saved, dict) else None
+    if version != FORMAT:
+        raise ValueError(f"OneVision checkpoint: format {version or 'unrecorded (written by an earlier version)'}, "
+                         f"this version reads format {FORMAT}; train it again with this version")
+    ours = params.trained_settings()
+    differ = {k: v for k, v in saved["settings"].items() if ours.get(k) != v}
+    differ.update({k: None for k in ours if k not in saved["settings"]})
+    if differ:
+        listed = ", ".join(f"{k}: {v!r} (this run: {ours.get(k)!r})" for k, v in sorted(differ.items()))
+        raise ValueError(f"OneVision checkpoint: trained with {listed}; evaluate it with the settings it was "
+                         "trained with")
+    sid = state_dict.get("codes.item_sid")
+    if sid is None or sid.shape != item_sid.shape or not torch.equal(sid.to(item_sid.device), item_sid):
+        shape = tuple(sid.shape) if sid is not None else None
+        raise ValueError(
+            "OneVision checkpoint: it was trained on other semantic IDs than this dataset's "
+            f"({shape} vs {tuple(item_sid.shape)} items x levels, or other codes). Load it with the config it "
+            "was trained with (vrq_* keys, seed) and the same VRQ cache; SIDs fitted on a GPU can differ "
+            "from run to run.")
