@@ -9,7 +9,7 @@ Decisions (tested in ``tests/test_compat.py``):
 * ``recbole.model.sequential_recommender.sine`` switches on
   ``torch.autograd.set_detect_anomaly(True)`` when imported, and importing *any* RecBole
   sequential model imports it. Anomaly mode makes SASRec's training steps 1.6-1.7x slower
-  (docs/results.md, "Speed"), so :func:`import_recbole_model_module` switches it off again
+  (docs/results/speed.md), so :func:`import_recbole_model_module` switches it off again
   (opt back in with ``detect_anomaly: True`` in a config).
 * ``Config.compatibility_settings`` assigns ``np.float = np.float_`` and similar, which
   fails on NumPy 2 (``np.float_`` is gone). :func:`install_numpy_aliases` restores the old
