@@ -13,7 +13,7 @@ EPOCHS=${EPOCHS:-50}  # the cap; early stopping (5 epochs without a better valid
 missing=()
 for dataset in $DATASETS; do [ -f "dataset/$dataset/$dataset.inter" ] || missing+=("$dataset"); done
 if [ ${#missing[@]} -gt 0 ]; then
-  python -m recbole_onevision.data.convert s3rec ${SRC:+--src "$SRC"} --datasets "${missing[@]}" || exit 1
+  python -m recbole_onevision.preprocess.convert s3rec ${SRC:+--src "$SRC"} --datasets "${missing[@]}" || exit 1
 fi
 COMMON=(--show_progress=False --MAX_ITEM_LIST_LENGTH=20 --epochs=$EPOCHS --stopping_step=5 "$@")
 # Cheapest and most-compared first, so a run cut short still has the key rows.

@@ -3,7 +3,7 @@
     python benchmarks/tokenize_scale.py [--datasets mvshop-mini mvshop-large] [--max_queries 500]
                                         [--kmeans-compare] [--threads 1]
 
-Each dataset is tokenized in its own child process (`python -m recbole_onevision.tokenize`,
+Each dataset is tokenized in its own child process (`python -m recbole_onevision.tokenizer`,
 cache off), from loading the atomic files to the SID report; the table gives the child's wall
 time, the tokenizer's fit time and the child's peak resident memory (ru_maxrss). Datasets run
 smallest first, so each peak is that dataset's own. ``--kmeans-compare`` times one level of
@@ -28,7 +28,7 @@ def tokenize_child(dataset: str, max_queries: int, threads: int) -> dict:
         out = os.path.join(tmp, "report.json")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         start = time.time()
-        child = subprocess.run([sys.executable, "-m", "recbole_onevision.tokenize", "--dataset", dataset,
+        child = subprocess.run([sys.executable, "-m", "recbole_onevision.tokenizer", "--dataset", dataset,
                                 "--vrq_cache=False", "--show_progress=False", f"--max_queries={max_queries}",
                                 "--json", out], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if child.returncode:

@@ -21,9 +21,9 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_onevision.compat import load_checkpoint
 from recbole_onevision.config import Config
-from recbole_onevision.data import mvshop
 from recbole_onevision.io import atomic_write_text
 from recbole_onevision.metrics import check_dataset as check_metric_fields
+from recbole_onevision.preprocess import mvshop
 from recbole_onevision.registry import create_dataset, get_trainer
 
 
@@ -42,7 +42,7 @@ def check_dataset_files(config) -> None:
         f"dataset {name!r}: {inter} not found. Datasets under {root or '.'}: "
         f"{', '.join(found) or '(none)'}; generated on demand: mvshop-mini, mvshop-small, "
         "mvshop-large; RecBole bundles ml-100k. Convert the Amazon files with "
-        "`python -m recbole_onevision.data.convert s3rec --help`."
+        "`python -m recbole_onevision.preprocess.convert s3rec --help`."
     )
 
 

@@ -12,17 +12,24 @@ import os
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from recbole_onevision.model.visual_similarity import best_view_similarity
 
 
-def best_view_similarity(queries: np.ndarray, views: np.ndarray, view_item: np.ndarray, n_items: int,
-                         batch: int = 4096) -> np.ndarray:
-    """(queries, items) max cosine over each item's views; -inf for items without views."""
-    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
-    views = views / np.linalg.norm(views, axis=1, keepdims=True).clip(1e-12)
-    out = np.full((len(queries), n_items), -np.inf, dtype=np.float32)
+def nearest_view_scores(queries: np.ndarray, views: np.ndarray, view_item: np.ndarray, n_items: int,
+                        batch: int = 4096) -> np.ndarray:
+    """(queries, items) float32 max cosine over each item's views, -inf for items without views:
+    :func:`~recbole_onevision.model.visual_similarity.best_view_similarity` on raw (unnormalised)
+    embedding arrays, in their own precision, ``batch`` queries at a time to bound memory."""
+    unit = lambda x: F.normalize(torch.from_numpy(np.asarray(x)), dim=1)  # noqa: E731
+    views_t, view_item_t = unit(views), torch.from_numpy(np.asarray(view_item, dtype=np.int64))
+    queries_t = unit(queries)
+    out = np.empty((len(queries), n_items), dtype=np.float32)
     for start in range(0, len(queries), batch):
-        sim = queries[start:start + batch] @ views.T
-        np.maximum.at(out[start:start + batch].T, view_item, sim.T)
+        out[start:start + batch] = best_view_similarity(queries_t[start:start + batch], views_t,
+                                                        view_item_t, n_items).float().numpy()
     return out
 
 
@@ -53,7 +60,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data_path", default="dataset")
     args = parser.parse_args(argv)
     queries, targets, views, view_item, n_items = load(os.path.join(args.data_path, args.dataset), args.dataset)
-    result = recall_at(best_view_similarity(queries, views, view_item, n_items), targets)
+    result = recall_at(nearest_view_scores(queries, views, view_item, n_items), targets)
     print(f"{args.dataset}: {len(queries)} query photos, {len(views)} catalogue views of {n_items} items "
           f"({views.shape[1]}-d), raw-embedding nearest neighbour\n")
     print("| recall@1 | recall@5 |\n|---|---|")

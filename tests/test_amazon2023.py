@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recbole_onevision.config import Config
-from recbole_onevision.data import amazon2023
+from recbole_onevision.preprocess import amazon2023
 from recbole_onevision.registry import create_dataset
 
 ETH80 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eth80")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from recbole_onevision.data import s3rec
+from recbole_onevision.preprocess import s3rec
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import dataset_properties_file
 

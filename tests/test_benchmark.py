@@ -5,9 +5,11 @@ import shutil
 
 import pytest
 
-from recbole_onevision import benchmark
-from recbole_onevision.benchmark import main, markdown, welch_p
-from recbole_onevision.data import mvshop
+from recbole_onevision.benchmark import grid
+from recbole_onevision.benchmark.__main__ import main
+from recbole_onevision.benchmark.report import markdown
+from recbole_onevision.benchmark.stats import METRICS, welch_p
+from recbole_onevision.preprocess import mvshop
 from recbole_onevision.registry import dataset_properties_file
 
 TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=8, branching=(3, 2, 2), n_brands=12)
@@ -48,20 +50,28 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     assert set(main([*argv[:2], "VisualKNN,MCA,Pop", *argv[3:], "--report"])) == set(rows)
     assert "Results of other plugin code exist for some of these cells (Pop 0123456789ab at git abc1234)" in (out / "benchmark.md").read_text()
     # other plugin code makes other cells: results of older code are never reused
-    assert benchmark.code_digest() == benchmark.code_digest()
-    same = benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
-    assert same == benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
-    assert same != benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-b")
-    assert same != benchmark.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=2"], "code-a")
+    assert grid.code_digest() == grid.code_digest()
+    same = grid.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
+    assert same == grid.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
+    assert same != grid.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-b")
+    assert same != grid.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=2"], "code-a")
 
 
 def test_code_digest_follows_the_files_each_model_runs(tmp_path, monkeypatch):
     copy = tmp_path / "recbole_onevision"
-    shutil.copytree(benchmark.PLUGIN_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(benchmark, "PLUGIN_DIR", str(copy))
-    monkeypatch.setattr(benchmark, "MODEL_DIR", str(copy / "model"))
-    models = ("OneVision", "MCA", "VisualKNN", "SASRec")
-    digests = lambda: {m: benchmark.code_digest(m) for m in models}  # noqa: E731
+    shutil.copytree(grid.PLUGIN_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(grid, "PLUGIN_DIR", str(copy))
+    monkeypatch.setattr(grid, "MODEL_DIR", str(copy / "model"))
+    # a model that is a package: an absolute and a relative import inside it, a shared module outside
+    package = copy / "model" / "fakepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from recbole_onevision.model.fakepkg.core import Fake\n")
+    (package / "core.py").write_text("from .helper import width\nfrom recbole_onevision.model.trie import SIDTrie\n")
+    (package / "helper.py").write_text("width = 1\n")
+    with open(copy / "model" / "__init__.py", "a") as f:
+        f.write("from recbole_onevision.model.fakepkg import Fake\n")
+    models = ("OneVision", "MCA", "VisualKNN", "SASRec", "Fake")
+    digests = lambda: {m: grid.code_digest(m) for m in models}  # noqa: E731
 
     def changed_by(path):
         before = digests()
@@ -70,12 +80,20 @@ def test_code_digest_follows_the_files_each_model_runs(tmp_path, monkeypatch):
         after = digests()
         return {m for m in models if after[m] != before[m]}
 
-    assert changed_by("model/onevision.py") == {"OneVision"}
+    assert grid.model_files("Fake") == {str(package / f) for f in ("__init__.py", "core.py", "helper.py")} | {
+        str(copy / "model" / "trie.py")}
+    assert changed_by("model/fakepkg/helper.py") == {"Fake"}  # a package's modules are its model's alone
+    assert changed_by("model/onevision/__init__.py") == {"OneVision"}
+    assert changed_by("model/onevision/decoder.py") == {"OneVision"}
     assert changed_by("properties/model/OneVision.yaml") == {"OneVision"}
-    # imported by OneVision only through catalogue_similarity.py: followed transitively
-    assert changed_by("model/visual_knn.py") == {"OneVision", "MCA", "VisualKNN"}
+    # imported by OneVision only through its package's visual_similarity import: followed transitively
+    assert changed_by("model/visual_similarity.py") == {"OneVision", "MCA", "VisualKNN"}
+    assert changed_by("model/visual_knn.py") == {"MCA", "VisualKNN"}
+    assert changed_by("model/packed_encoder.py") == {"OneVision"}
+    assert changed_by("model/trie.py") == {"OneVision", "MCA", "VisualKNN", "Fake"}  # via visual_similarity.py
     assert changed_by("trainer.py") == set(models)  # shared code: every model's cells are new
     assert changed_by("properties/overall.yaml") == set(models)
+    assert changed_by("benchmark/report.py") == set()  # the benchmark itself is no result's code
 
 
 def test_welch_p_separates_clear_differences_only():
@@ -86,7 +104,7 @@ def test_welch_p_separates_clear_differences_only():
 
 def test_report_ranks_models_and_tests_each_step_of_the_ranking():
     def row(ndcg):
-        return {"seeds": len(ndcg), **{m: list(ndcg) for m in benchmark.METRICS},
+        return {"seeds": len(ndcg), **{m: list(ndcg) for m in METRICS},
                 "train_min": 1.0, "p50": 1.0, "p95": 2.0, "peak_gb": 1.0}
 
     rows = {("d", "Close"): row([0.300, 0.305, 0.295]), ("d", "Best"): row([0.50, 0.51, 0.49]),
@@ -104,7 +122,7 @@ def test_report_ranks_models_and_tests_each_step_of_the_ranking():
 def test_report_tests_each_metric_leader_against_its_runner_up():
     """NDCG and recall can rank models differently: each metric's leader is named and tested."""
     def row(recall, ndcg):
-        return {"seeds": len(ndcg), **{m: list(recall if m.startswith("recall") else ndcg) for m in benchmark.METRICS},
+        return {"seeds": len(ndcg), **{m: list(recall if m.startswith("recall") else ndcg) for m in METRICS},
                 "train_min": 1.0, "p50": 1.0, "p95": 2.0, "peak_gb": 1.0}
 
     rows = {("d", "Ranker"): row([0.080, 0.079, 0.081], [0.044, 0.045, 0.046]),
@@ -125,14 +143,14 @@ def test_report_pins_other_code_for_named_models_and_scopes_overrides(tmp_path, 
     out, base = str(tmp_path), ["--latency_queries=5"]
 
     def cell(model, overrides, code, ndcg):
-        folder = benchmark.cell_dir(out, "d", model, 1, overrides, code)
+        folder = grid.cell_dir(out, "d", model, 1, overrides, code)
         os.makedirs(folder)
-        result = {"test_result": dict.fromkeys(benchmark.METRICS, ndcg), "train_seconds": 60.0,
+        result = {"test_result": dict.fromkeys(METRICS, ndcg), "train_seconds": 60.0,
                   "latency_ms": {"p50": 1.0, "p95": 2.0}, "peak_rss_gb": 1.0, "plugin_code": code}
         with open(os.path.join(folder, "result.json"), "w") as f:
             json.dump(result, f)
 
-    cell("OneVision", base + ["--dense_readout=history"], benchmark.code_digest("OneVision"), 0.04)
+    cell("OneVision", base + ["--dense_readout=history"], grid.code_digest("OneVision"), 0.04)
     cell("SASRec", base, "0123456789ab", 0.03)
     argv = ["--report", "--models", "OneVision,SASRec", "--datasets", "d", "--seeds", "1", "--out", out,
             "--latency_queries", "5", "--OneVision.dense_readout=history"]

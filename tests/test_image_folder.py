@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from recbole_onevision.data import image_folder
-from recbole_onevision.retrieval import best_view_similarity, load, recall_at
+from recbole_onevision.preprocess import image_folder
+from recbole_onevision.retrieval import load, nearest_view_scores, recall_at
 
 ETH80 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "eth80")
 
@@ -61,7 +61,7 @@ def test_real_photos_convert_and_nearest_view_finds_the_object(eth80_sample):
     queries, targets, views, view_item, n_items = load(folder, "eth")
     assert (len(queries), len(views), n_items) == (16, 16, 4) and views.shape[1] == 1280
     np.testing.assert_allclose(np.linalg.norm(views, axis=1), 1, rtol=1e-5)
-    result = recall_at(best_view_similarity(queries, views, view_item, n_items), targets, ks=(1,))
+    result = recall_at(nearest_view_scores(queries, views, view_item, n_items), targets, ks=(1,))
     assert result["recall@1"] >= 0.75  # 4 objects: chance is 0.25
     # deterministic: a fresh encode (no cache) gives the same embeddings
     again = image_folder.convert(str(eth80_sample / "eth"), str(eth80_sample / "out2"), "eth",

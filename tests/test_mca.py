@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from recbole_onevision.data import mvshop
+from recbole_onevision.preprocess import mvshop
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import dataset_properties_file
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from recbole_onevision.config import Config
-from recbole_onevision.data import mvshop
 from recbole_onevision.data.multiview import MultiViewDataError
+from recbole_onevision.preprocess import mvshop
 from recbole_onevision.registry import create_dataset
 
 TINY = mvshop.MVShopSpec(n_items=120, n_users=20, sessions_per_user=6, branching=(2, 2, 2), n_brands=8)

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from recbole_onevision.data import mvshop
-from recbole_onevision.retrieval import best_view_similarity, recall_at
+from recbole_onevision.preprocess import mvshop
+from recbole_onevision.retrieval import nearest_view_scores, recall_at
 
 TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=6, branching=(3, 2, 2), n_brands=12)
 
@@ -62,7 +62,7 @@ def mini(tmp_path_factory):
     items, inter, queries = read("item"), read("inter"), read("query")
     index = {token: i for i, token in enumerate(items["item_id:token"])}
     view_item = read("view")["item_id:token"].map(index).to_numpy()
-    sim = best_view_similarity(np.load(f"{base}.query.npy"), np.load(f"{base}.view.npy"), view_item, len(items))
+    sim = nearest_view_scores(np.load(f"{base}.query.npy"), np.load(f"{base}.view.npy"), view_item, len(items))
     return {
         "items": items, "sim": sim,
         "user": pd.factorize(inter["user_id:token"])[0],
@@ -130,7 +130,7 @@ def test_taste_helps_only_together_with_the_query(mini):
 def test_run_py_default_generates_mvshop_mini_and_trains(tmp_path):
     from recbole_onevision.cli import main as run_main
 
-    result = run_main(["--stages=[sft]", "--stage_epochs={'sft': 1}", "--vrq_align_steps=50",  # one stage: kept short
+    result = run_main(["--stages={'sft': {'epochs': 1}}", "--vrq_align_steps=50",  # one stage: kept short
                        f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path / 'saved'}",
                        "--show_progress=False", "--state=WARNING"])
     assert result["dataset"] == "mvshop-mini" and result["model"] == "OneVision"

@@ -4,8 +4,8 @@ import os
 import pytest
 
 from recbole_onevision.config import Config
-from recbole_onevision.data import s3rec
-from recbole_onevision.data.convert import main as convert_main
+from recbole_onevision.preprocess import s3rec
+from recbole_onevision.preprocess.convert import main as convert_main
 from recbole_onevision.registry import create_dataset
 
 

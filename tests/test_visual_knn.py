@@ -5,10 +5,9 @@ from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from recbole_onevision.config import Config
-from recbole_onevision.data import mvshop
-from recbole_onevision.model.visual_knn import ViewTable
+from recbole_onevision.preprocess import mvshop
+from recbole_onevision.model.visual_similarity import ViewTable, best_view_similarity
 from recbole_onevision.registry import create_dataset, get_model
-from recbole_onevision.retrieval import best_view_similarity
 
 TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=8, branching=(3, 2, 2), n_brands=12)
 
@@ -23,9 +22,10 @@ def test_scores_are_best_view_cosines(tmp_path):
     model = get_model("VisualKNN")(config, test._dataset)
     batch = next(iter(test))[0]
     scores = model.full_sort_predict(batch)
-    expected = best_view_similarity(dataset.query_embedding[batch["query_id"]].numpy(),
-                                    dataset.view_embedding.numpy(), dataset.view_item.numpy(), dataset.item_num)
-    assert torch.allclose(scores[:, 1:], torch.from_numpy(expected)[:, 1:], atol=1e-5)
+    unit = lambda x: torch.nn.functional.normalize(x.float(), dim=1)  # noqa: E731
+    expected = best_view_similarity(unit(dataset.query_embedding[batch["query_id"]]), unit(dataset.view_embedding),
+                                    dataset.view_item, dataset.item_num)
+    assert torch.allclose(scores[:, 1:], expected[:, 1:], atol=1e-5)
     # the photo points at its look-alike family: the clicked item is usually among the top 10
     top10 = scores.topk(10, dim=1).indices
     assert (top10 == batch["item_id"].unsqueeze(1)).any(1).float().mean() > 0.5
@@ -37,6 +37,15 @@ def test_needs_photos_and_views(tmp_path):
     train, _, _ = data_preparation(config, dataset)
     with pytest.raises(ValueError, match="VisualKNN needs query photos and catalogue views"):
         get_model("VisualKNN")(config, train._dataset)
+
+
+def brute_force(photos, views, view_item, n_items):
+    """The reference: item by item, the max cosine over its views."""
+    out = torch.full((len(photos), n_items), float("-inf"))
+    for item in range(n_items):
+        if (view_item == item).any():
+            out[:, item] = (photos @ views[view_item == item].T).amax(1)
+    return out
 
 
 @pytest.mark.parametrize("dense", [True, False])
@@ -52,18 +61,19 @@ def test_view_table_equals_the_scatter_search(dense):
     photos = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1)
     table = ViewTable(views, view_item, n_items)
     assert table.dense == dense
-    expected = torch.from_numpy(best_view_similarity(photos.numpy(), views.numpy(), view_item.numpy(), n_items))
+    expected = brute_force(photos, views, view_item, n_items)
+    assert torch.allclose(best_view_similarity(photos, views, view_item, n_items), expected, atol=1e-6)
     got = table(photos)
-    assert torch.allclose(got, expected.float(), atol=1e-6)
+    assert torch.allclose(got, expected, atol=1e-6)
     assert torch.isinf(got[:, [0, 5]]).all() and torch.isfinite(got[:, 1:5]).all()
     # excluding each row's own view: as the reference with that column removed
     exclude = torch.tensor([0, 1, 2, 3, 4, int(torch.nonzero(view_item == 7)[0])])
     got = table(views[exclude], exclude_views=exclude)
+    scattered = best_view_similarity(views[exclude], views, view_item, n_items, exclude_views=exclude)
     for row, view in enumerate(exclude.tolist()):
         keep = torch.arange(len(view_item)) != view
-        want = best_view_similarity(views[exclude][row:row + 1].numpy(), views[keep].numpy(),
-                                    view_item[keep].numpy(), n_items)
-        assert torch.allclose(got[row], torch.from_numpy(want)[0].float(), atol=1e-6)
+        want = brute_force(views[exclude][row:row + 1], views[keep], view_item[keep], n_items)[0]
+        assert torch.allclose(got[row], want, atol=1e-6) and torch.allclose(scattered[row], want, atol=1e-6)
     assert torch.isinf(got[-1, 7])  # item 7's only view was excluded
     items = torch.tensor([1, 5, 7, 9, 12, 29])
-    assert torch.allclose(table.of_items(photos, items), expected.float()[torch.arange(6), items], atol=1e-6)
+    assert torch.allclose(table.of_items(photos, items), expected[torch.arange(6), items], atol=1e-6)

@@ -8,10 +8,10 @@ import torch
 from recbole.utils import init_seed
 
 from recbole_onevision.config import Config
-from recbole_onevision.data import mvshop
+from recbole_onevision.preprocess import mvshop
 from recbole_onevision.registry import create_dataset
-from recbole_onevision.tokenize import main as tokenize_main
 from recbole_onevision.tokenizer import TokenizerConfigError, build_tokenizer
+from recbole_onevision.tokenizer.__main__ import main as tokenize_main
 from recbole_onevision.tokenizer.inputs import gather
 from recbole_onevision.tokenizer.kmeans import kmeans
 from recbole_onevision.tokenizer.quantize import collision_stats, uniqueness_level

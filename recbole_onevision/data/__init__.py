@@ -1,0 +1,2 @@
+"""What RecBole loads at run time: the plugin dataset classes and the multi-view tables' reader.
+The files they read are written by :mod:`recbole_onevision.preprocess`."""

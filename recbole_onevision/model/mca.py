@@ -1,7 +1,7 @@
 """MCA: the multi-stage cascade OneVision replaces, as one RecBole model.
 
 1. **Recall**: the ``recall_size`` items whose best catalogue view is closest (cosine) to the
-   query photo, by exact search (:class:`~recbole_onevision.model.visual_knn.ViewTable`).
+   query photo, by exact search (:class:`~recbole_onevision.model.visual_similarity.ViewTable`).
 2. **Rank**: a personalised ranker scores each recalled item from the query photo, the user
    (history items and profile tokens), the item (id, attribute tokens, its views' mean
    embedding) and the recall similarity, as a correction on top of the scaled similarity (so an
@@ -23,7 +23,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureType, InputType
 from torch import nn
 
-from recbole_onevision.model.visual_knn import ViewTable, photos_and_views
+from recbole_onevision.model.visual_knn import photos_and_views
+from recbole_onevision.model.visual_similarity import ViewTable
 
 
 class MCA(SequentialRecommender):

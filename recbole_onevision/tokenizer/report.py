@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_onevision.model.visual_knn import best_view_similarity
+from recbole_onevision.model.visual_similarity import best_view_similarity
 from recbole_onevision.tokenizer.inputs import TokenizerInputs
 from recbole_onevision.tokenizer.quantize import collision_stats, reconstruct
 

@@ -45,7 +45,7 @@ import time
 
 import numpy as np
 
-from recbole_onevision.data.atomic import write_atomic_file
+from recbole_onevision.preprocess.atomic import write_atomic_file
 from recbole_onevision.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ def ensure_for(config) -> bool:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recbole_onevision.data.mvshop", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m recbole_onevision.preprocess.mvshop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="mini")
     parser.add_argument("--out", default="dataset", help="data_path to write into (default: dataset)")

@@ -1,4 +1,4 @@
-"""Dataset converters: ``python -m recbole_onevision.data.convert <source> ...``.
+"""Dataset converters: ``python -m recbole_onevision.preprocess.convert <source> ...``.
 
 Sources:
   s3rec         Amazon 2014 5-core Beauty/Toys as published by S3-Rec (the TIGER protocol files).
@@ -17,7 +17,7 @@ DEFAULT_S3REC_SRC = os.path.join("..", "shared", "data", "amazon-s3rec")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recbole_onevision.data.convert",
+    parser = argparse.ArgumentParser(prog="python -m recbole_onevision.preprocess.convert",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="source", required=True)
     s3 = sub.add_parser("s3rec", help="Amazon 2014 5-core files of S3-Rec/TIGER",
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.source == "amazon2023":
-        from recbole_onevision.data import amazon2023
+        from recbole_onevision.preprocess import amazon2023
 
         try:
             amazon2023.convert(args.meta, args.reviews, args.out, args.name, args.embed)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"convert amazon2023: error: {err}")
         return
     if args.source == "image-folder":
-        from recbole_onevision.data import image_folder
+        from recbole_onevision.preprocess import image_folder
 
         try:
             image_folder.convert(args.src, args.out, args.name, args.query_pattern, args.query_share, args.seed)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"convert image-folder: error: {err}")
         return
 
-    from recbole_onevision.data import s3rec
+    from recbole_onevision.preprocess import s3rec
 
     try:
         for name in args.datasets:

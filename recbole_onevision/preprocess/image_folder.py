@@ -1,7 +1,7 @@
 """Image folders ``<category>/<object>/<view>.(jpg|jpeg|png)`` -> the multi-view layout.
 
 Each object becomes an item (its category folder the category path); each image is embedded
-with :class:`~recbole_onevision.data.image_encoder.ImageEncoder`. Which images are *query
+with :class:`~recbole_onevision.preprocess.image_encoder.ImageEncoder`. Which images are *query
 photos* and which are *catalogue views* is a documented rule:
 
 * ``query_pattern`` (a regular expression searched in the file name without extension):
@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from recbole_onevision.data.atomic import write_atomic_file
+from recbole_onevision.preprocess.atomic import write_atomic_file
 from recbole_onevision.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def choose_queries(records, query_pattern: str | None, query_share: float, seed:
 def convert(src: str, out: str, name: str | None = None, query_pattern: str | None = None,
             query_share: float = 0.25, seed: int = 2025, encoder=None, show_progress: bool = True) -> str:
     """Write ``out/<name>/`` (default name: the folder's name); returns that folder."""
-    from recbole_onevision.data.image_encoder import ImageEncoder
+    from recbole_onevision.preprocess.image_encoder import ImageEncoder
 
     records = scan(src)
     is_query = choose_queries(records, query_pattern, query_share, seed)

@@ -1,6 +1,6 @@
 """Fit (or reload) a dataset's semantic IDs and print their quality table.
 
-    python -m recbole_onevision.tokenize --dataset mvshop-mini [--compare] [--key=value ...]
+    python -m recbole_onevision.tokenizer --dataset mvshop-mini [--compare] [--key=value ...]
 
 The dataset is loaded and split exactly as for training (its protocol YAML, ``--config_files``
 and ``--key=value`` overrides, e.g. ``--vrq_levels=4``); the tokenizer is fitted on the training
@@ -33,7 +33,7 @@ ABLATIONS_WITHOUT_VIEWS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m recbole_onevision.tokenize", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m recbole_onevision.tokenizer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", "-d", required=True, help="dataset folder name under data_path")
     parser.add_argument("--model", default="Pop",
@@ -52,7 +52,7 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
     from recbole.utils import init_logger, init_seed
 
     from recbole_onevision.config import Config
-    from recbole_onevision.data import mvshop
+    from recbole_onevision.preprocess import mvshop
     from recbole_onevision.quick_start import check_dataset_files
     from recbole_onevision.registry import create_dataset
     from recbole_onevision.tokenizer import build_tokenizer, cache_dir
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         reports = tokenize(args.dataset, args.model, files, overrides, args.compare, args.max_queries)
     except (ValueError, KeyError, FileNotFoundError) as err:
-        parser.exit(2, f"tokenize: error: {err}\n")
+        parser.exit(2, f"tokenizer: error: {err}\n")
     print(f"\nSemantic IDs of {args.dataset} (fitted on the training split; recall and view consistency "
           "on held-out query photos)\n")
     print(format_reports(reports))

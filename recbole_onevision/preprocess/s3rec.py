@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from recbole_onevision.data.atomic import write_atomic_file
+from recbole_onevision.preprocess.atomic import write_atomic_file
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import urllib.request
 
 import numpy as np
 
-from recbole_onevision.data.atomic import write_atomic_file
+from recbole_onevision.preprocess.atomic import write_atomic_file
 from recbole_onevision.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def convert(meta_path: str, reviews_path: str, out: str, name: str, embed: bool 
     logger.info("%s: %d items, %d catalogue images, %d reviews, %d with a photo (query); %d further "
                 "review photos not used", name, len(items), len(views), len(reviews), len(queries), extra)
     if embed:
-        from recbole_onevision.data.image_encoder import ImageEncoder
+        from recbole_onevision.preprocess.image_encoder import ImageEncoder
 
         encoder = encoder or ImageEncoder()
         cache = os.path.join(folder, ".images")
