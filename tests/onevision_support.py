@@ -19,7 +19,8 @@ TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=8, branching
 def prepare(root, tmp_path, config_files=None, **extra):
     """A OneVision model (untrained) on the tiny shop under ``root``, with its data."""
     config = Config("OneVision", "mvshop-mini", config_files, {
-        "data_path": str(root), "vrq_align_steps": 100, "vrq_cache_dir": str(tmp_path / "cache"),
+        # one VRQ cache for the shop: fits are keyed by their settings and data, so tests share them
+        "data_path": str(root), "vrq_align_steps": 100, "vrq_cache_dir": str(root / "vrq-cache"),
         "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False, "state": "WARNING",
         "d_model": 32, "ffn_size": 64, "train_batch_size": 64, "eval_batch_size": 64, **extra})
     init_seed(config["seed"], config["reproducibility"])
