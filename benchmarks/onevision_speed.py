@@ -28,10 +28,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MEASURE = r"""
 import itertools, json, sys, time, torch
-from recbole.data import data_preparation
 from recbole.utils import init_seed
 from recbole_onevision.config import Config
-from recbole_onevision.registry import create_dataset
+from recbole_onevision.registry import create_dataset, data_preparation
 
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])

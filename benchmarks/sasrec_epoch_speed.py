@@ -14,11 +14,10 @@ import argparse
 import time
 
 import torch
-from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from recbole_onevision.config import Config
-from recbole_onevision.registry import create_dataset, get_model
+from recbole_onevision.registry import create_dataset, data_preparation, get_model
 
 
 def time_steps(config, train_data, batches: int, anomaly: bool) -> float:

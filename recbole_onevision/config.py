@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 
 import torch
-import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_onevision import metrics, registry  # noqa: F401 (metrics: registers them with RecBole)
 from recbole_onevision.compat import install_numpy_aliases, no_default_negatives_for_ce
+from recbole_onevision.config_checks import check_evaluation, check_external, load_yaml
 
 
 YAML_NULLS = {"~", "null", "Null", "NULL"}
@@ -63,10 +63,12 @@ class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
                  cmd_args: list[str] | None = None):
         self._cmd_args = list(cmd_args or [])
+        self._sources = {key: "config_dict" for key in config_dict or {}}  # where each key was set
         for path in config_file_list or []:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"config file not found: {path}")
         super().__init__(model, dataset, config_file_list, config_dict)
+        check_evaluation(self)
         # sine.py may have switched anomaly detection on when the model was imported
         torch.autograd.set_detect_anomaly(bool(self["detect_anomaly"]))
 
@@ -82,6 +84,7 @@ class Config(RecBoleConfig):
             if key in overrides and overrides[key] != value:
                 raise ValueError(f"command-line override --{key} given twice with different values")
             overrides[key] = value
+            self._sources[key] = f"command line --{key}"
         converted = self._convert_config_dict(overrides)
         # YAML's null spellings mean None here too (RecBole would keep them as strings), so
         # the documented `key: ~` defaults can be set back from the command line
@@ -102,8 +105,9 @@ class Config(RecBoleConfig):
     def _load_config_files(self, file_list):
         merged = {}
         for path in file_list or []:
-            with open(path, "r", encoding="utf-8") as f:
-                layer(merged, yaml.load(f.read(), Loader=self.yaml_loader))
+            loaded = load_yaml(path, self.yaml_loader) or {}
+            self._sources.update({key: path for key in loaded if key not in self._sources})
+            layer(merged, loaded)
         return merged
 
     def _merge_external_config_dict(self):
@@ -112,12 +116,12 @@ class Config(RecBoleConfig):
             layer(self.external_config_dict, part)
 
     def _update_internal_config_dict(self, file):
-        with open(file, "r", encoding="utf-8") as f:
-            config_dict = yaml.load(f.read(), Loader=self.yaml_loader)
+        config_dict = load_yaml(file, self.yaml_loader)
         layer(self.internal_config_dict, config_dict)
         return config_dict
 
     def _get_final_config_dict(self):
+        check_external(self.internal_config_dict, self.external_config_dict, self._sources, registry.PROPERTIES_DIR)
         final = layer(dict(self.internal_config_dict), self.external_config_dict)
         no_default_negatives_for_ce(final, self.external_config_dict)
         return final

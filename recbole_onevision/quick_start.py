@@ -16,15 +16,15 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_onevision.compat import load_checkpoint
 from recbole_onevision.config import Config
+from recbole_onevision.config_checks import check_topk
 from recbole_onevision.io import atomic_write_text
 from recbole_onevision.metrics import check_dataset as check_metric_fields
 from recbole_onevision.preprocess import mvshop
-from recbole_onevision.registry import create_dataset, get_trainer
+from recbole_onevision.registry import create_dataset, data_preparation, get_trainer
 
 
 def check_dataset_files(config) -> None:
@@ -165,12 +165,15 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     init_logger(config)
     logger = getLogger()
     logger.info(config)
+    if hasattr(config.model_class, "check_config"):  # a plugin model's own checks, before any work
+        config.model_class.check_config(config)
     # bundled data is generated on first use (and reused after: the generator checks its spec)
     mvshop.ensure_for(config)
     check_dataset_files(config)
 
     dataset = create_dataset(config)
     logger.info(dataset)
+    check_topk(config, dataset)  # before the tokenizer is fitted on the split
     check_metric_fields(config, dataset)  # before training, not after the first epoch
     train_data, valid_data, test_data = data_preparation(config, dataset)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import os
 
+from recbole.utils import ModelType
+
 from recbole_onevision.compat import RECBOLE_MODEL_PACKAGES, SafeCheckpointMixin, import_recbole_model_module
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
@@ -121,14 +123,39 @@ def with_plugin_mixins(trainer_class: type) -> type:
 
 def create_dataset(config):
     """``recbole_onevision.data.dataset.<Model>Dataset`` (or ``dataset_class`` in the config)
-    if the plugin has it, else RecBole's ``create_dataset``."""
+    if the plugin has it, else the class RecBole's ``create_dataset`` picks, built from the
+    dataset's files: never a pickled dataset (RecBole would unpickle whatever sits at its path)."""
+    import recbole.data.dataset as recbole_datasets
+
     import recbole_onevision.data.dataset as plugin_datasets
-    from recbole.data import create_dataset as recbole_create_dataset
 
     explicit = config["dataset_class"]  # Config returns None for unset keys
     dataset_class = getattr(plugin_datasets, explicit or f"{config['model']}Dataset", None)
-    if dataset_class is not None:
-        return dataset_class(config)
-    if explicit:
+    if dataset_class is None and explicit:
         raise ValueError(f"dataset_class {explicit!r} is not a class of recbole_onevision.data.dataset")
-    return recbole_create_dataset(config)
+    if dataset_class is None:
+        dataset_class = getattr(recbole_datasets, f"{config['model']}Dataset", None) or getattr(
+            recbole_datasets, RECBOLE_DATASET_CLASSES.get(config["MODEL_TYPE"], "Dataset"))
+    refuse_pickle(os.path.join(config["checkpoint_dir"], f"{config['dataset']}-{dataset_class.__name__}.pth"))
+    return dataset_class(config)
+
+
+def data_preparation(config, dataset):
+    """RecBole's ``data_preparation``, after making sure it finds no pickled dataloaders to load."""
+    from recbole.data import data_preparation as recbole_data_preparation
+
+    refuse_pickle(os.path.join(config["checkpoint_dir"], f"{config['dataset']}-for-{config['model']}-dataloader.pth"))
+    return recbole_data_preparation(config, dataset)
+
+
+def refuse_pickle(path: str) -> None:
+    """RecBole loads a saved dataset or dataloaders from ``path`` with pickle, which runs any code
+    the file holds; the plugin never writes such files, so one there came from elsewhere."""
+    if os.path.exists(path):
+        raise ValueError(f"{path}: a pickled RecBole dataset/dataloader file, which RecBole would unpickle "
+                         "(running any code in it); this plugin never loads pickles it did not write. Remove "
+                         "the file, or use another checkpoint_dir")
+
+
+# the dataset class RecBole's create_dataset picks for a model type without its own
+RECBOLE_DATASET_CLASSES = {ModelType.SEQUENTIAL: "SequentialDataset", ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}

@@ -46,7 +46,7 @@ def test_stages_name_what_runs_each_over_its_defaults(tmp_path):
 
 
 def test_replaced_and_unknown_settings_are_refused(tiny_root, tmp_path):
-    with pytest.raises(ValueError, match="item_output was replaced by ranking"):
+    with pytest.raises(ValueError, match="config key 'item_output' was replaced by 'ranking'"):
         prepare(tiny_root, tmp_path, item_output=True)
     with pytest.raises(ValueError, match="dense_head: unknown keys \\['wieght'\\]"):
         prepare(tiny_root, tmp_path, dense_head={"wieght": 1.0})
@@ -54,7 +54,7 @@ def test_replaced_and_unknown_settings_are_refused(tiny_root, tmp_path):
         prepare(tiny_root, tmp_path, n_heads=3)
     with pytest.raises(ValueError, match="beam_size: expected at least the largest topk \\(10\\), got 5"):
         prepare(tiny_root, tmp_path, beam_size=5)
-    with pytest.raises(ValueError, match="history_item_embedding: expected True or False, got 'yes'"):
+    with pytest.raises(ValueError, match="config history_item_embedding: expected True/False .as its default False., got 'yes'"):
         prepare(tiny_root, tmp_path, history_item_embedding="yes")
 
 

@@ -93,12 +93,12 @@ def test_overrides_reach_config_with_precedence(tmp_path):
 
 def test_yaml_null_on_the_command_line_is_none(tmp_path):
     config_file = tmp_path / "c.yaml"
-    config_file.write_text("dense_temperature: 0.1\nencoder_dropout: 0.5\nwarm_note: x\n")
+    config_file.write_text("vrq_kmeans_sample: 1000\nencoder_dropout: 0.5\nwandb_project: x\n")
     config = Config("SASRec", "ml-100k", [str(config_file)],
-                    cmd_args=["--dense_temperature=~", "--encoder_dropout=null", "--warm_note=~x"])
-    assert config["dense_temperature"] is None  # a `key: ~` default can be set back
+                    cmd_args=["--vrq_kmeans_sample=~", "--encoder_dropout=null", "--wandb_project=~x"])
+    assert config["vrq_kmeans_sample"] is None  # a `key: ~` default can be set back
     assert config["encoder_dropout"] is None
-    assert config["warm_note"] == "~x"  # only a whole null spelling is None
+    assert config["wandb_project"] == "~x"  # only a whole null spelling is None
 
 
 @pytest.mark.parametrize("args, message", [
@@ -146,7 +146,7 @@ def test_run_args_rebuild_the_config(tmp_path):
     yaml_file = tmp_path / "extra.yaml"
     yaml_file.write_text("stopping_step: 3\n")
     config = Config("Pop", "ml-100k", [str(yaml_file)], {"topk": [5, 10], "state": "WARNING"},
-                    ["--epochs=3", "--checkpoint=old.pth"])
+                    ["--epochs=3"])  # run.py's own --checkpoint never reaches the config
     args = run_args(config, [str(yaml_file)], {"topk": [5, 10], "state": "WARNING"},
                     ["--epochs=3", "--checkpoint=old.pth"])
     assert args[:3] == ["--model=Pop", "--dataset=ml-100k", f"--config_files={yaml_file}"]

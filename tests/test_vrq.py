@@ -130,7 +130,6 @@ def test_attribute_sids_without_images(tmp_path):
     ("vrq_levels", 0, "vrq_levels: expected an integer >= 1"),
     ("vrq_codebook_sizes", [8, 8], "vrq_codebook_sizes: expected 'auto', an integer >= 2 or a list of 3"),
     ("vrq_temperature", -1.0, "vrq_temperature: expected a number >= 0"),
-    ("vrq_align", "yes", "vrq_align: expected True or False"),
     ("vrq_query_share", 1.5, "vrq_query_share and vrq_attribute_decay: expected a number in \\[0, 1\\]"),
     ("tokenizer", "PQ", "unknown tokenizer 'PQ'; known: VRQ"),
 ])
@@ -138,6 +137,11 @@ def test_bad_config_values_are_rejected(tmp_path, key, value, message):
     config = make_config("ml-100k", None, tmp_path, **{key: value})
     with pytest.raises(TokenizerConfigError, match=message):
         build_tokenizer(config)
+
+
+def test_a_value_of_the_wrong_type_is_refused_by_the_config_first(tmp_path):
+    with pytest.raises(ValueError, match="config vrq_align: expected True/False .as its default True., got 'yes'"):
+        make_config("ml-100k", None, tmp_path, vrq_align="yes")
 
 
 def test_unknown_attribute_field_is_named(tmp_path):

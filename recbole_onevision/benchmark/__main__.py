@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from recbole_onevision.benchmark.grid import (
-    QUICK, code_digest, finished_cell, git_revision, other_code_cells, run_cell, split_overrides)
+    QUICK, QUICK_OWN, code_digest, finished_cell, git_revision, other_code_cells, run_cell, split_overrides)
 from recbole_onevision.benchmark.plot import plot
 from recbole_onevision.benchmark.report import markdown, other_code_note, pinned_note
 from recbole_onevision.benchmark.stats import summarise
@@ -86,7 +86,8 @@ def main(argv=None) -> dict:
     if not (models and datasets and seeds):
         parser.error("--models, --datasets and --seeds each need at least one value")
     latency = args.latency_queries if args.latency_queries is not None else (20 if args.quick else 200)
-    overrides = [f"--latency_queries={latency}"] + (QUICK if args.quick else []) + overrides
+    quick = QUICK + [f"--{model}.{o[2:]}" for model in models for o in QUICK_OWN.get(model, [])]
+    overrides = [f"--latency_queries={latency}"] + (quick if args.quick else []) + overrides
     try:
         per_model = split_overrides(overrides, models)
         pinned = parse_report_code(args.report_code, models)

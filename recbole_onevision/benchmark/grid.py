@@ -15,9 +15,10 @@ import time
 from recbole_onevision.benchmark.stats import QUALITY
 from recbole_onevision.io import atomic_write_text
 
-# --quick: one epoch per stage (OneVision's other stage settings kept), a short VRQ fit
-QUICK = ["--epochs=1", "--stages={'pretrain': {'epochs': 1}, 'sft': {'epochs': 1}, 'dpo': {'epochs': 1}}",
-         "--vrq_align_steps=50"]
+# --quick: one epoch (per stage: OneVision's other stage settings kept), a short VRQ fit; keys a
+# model alone reads go to it alone (the config refuses keys a model does not know)
+QUICK = ["--epochs=1", "--vrq_align_steps=50"]
+QUICK_OWN = {"OneVision": ["--stages={'pretrain': {'epochs': 1}, 'sft': {'epochs': 1}, 'dpo': {'epochs': 1}}"]}
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(PLUGIN_DIR, "model")

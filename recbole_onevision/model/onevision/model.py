@@ -61,6 +61,11 @@ class OneVision(SequentialRecommender):
         self._reference: dict[str, torch.Tensor] | None = None  # DPO's frozen policy
         self.apply(self._init_weights)
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse bad settings before any data is read or the tokenizer is fitted."""
+        OneVisionParams.from_config(config)
+
     @staticmethod
     def _init_weights(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):

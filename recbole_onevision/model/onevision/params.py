@@ -16,16 +16,6 @@ from recbole_onevision.trainer import stage_plan
 
 RANKINGS = ("beams", "dense", "fused")
 READOUTS = ("decoder", "history", "both")
-# keys this model no longer reads, with what replaced them: refused rather than ignored
-REPLACED = {"encoder_layers": "layers", "decoder_layers": "layers", "visual_bias_scale": "visual_bias",
-            "dense_loss_weight": "dense_head", "dense_readout": "dense_head", "dense_temperature": "dense_head",
-            "dense_score_weight": "ranking", "dense_only": "ranking", "item_output": "ranking",
-            "sid_loss_weight": "loss_weights", "visual_prior_weight": "loss_weights", "order_weight": "loss_weights",
-            "stage_epochs": "stages", "stage_learning_rates": "stages", "dpo_beta": "stages",
-            "dpo_sft_weight": "stages", "profile_fields": "PROFILE_FIELDS", "prune_keep_recent": "prune",
-            "prune_prefix_levels": "prune", "prune_beam_margin": "prune"}
-
-
 @dataclass(frozen=True)
 class Pruning:
     """Dynamic pruning at inference (``prune``)."""
@@ -93,13 +83,11 @@ class OneVisionParams:
         return out
 
     @classmethod
-    def from_config(cls, config, dataset) -> OneVisionParams:
-        replaced = sorted(k for k in REPLACED if k in config.final_config_dict)
-        if replaced:
-            raise ValueError("config: " + "; ".join(f"{k} was replaced by {REPLACED[k]}" for k in replaced)
-                             + " (properties/model/OneVision.yaml)")
-        photos = getattr(dataset, "query_embedding", None) is not None
-        views = getattr(dataset, "view_embedding", None) is not None
+    def from_config(cls, config, dataset=None) -> OneVisionParams:
+        """The settings for ``dataset``; without one (checking a config before any data is read)
+        as if it had photos, views and no profile fields."""
+        photos = dataset is None or getattr(dataset, "query_embedding", None) is not None
+        views = dataset is None or getattr(dataset, "view_embedding", None) is not None
         d_model, n_heads = _int(config, "d_model", 1), _int(config, "n_heads", 1)
         if d_model % n_heads:
             raise ValueError(f"config d_model: expected a multiple of n_heads ({n_heads}), got {d_model}")
@@ -219,6 +207,8 @@ def _mapping(config, key: str, known: set[str]) -> dict:
 
 def _profile_fields(config, dataset) -> tuple[str, ...]:
     fields = config["PROFILE_FIELDS"]
+    if dataset is None:
+        return ()
     if fields is None:
         user_feat = dataset.user_feat
         fields = [] if user_feat is None else [
