@@ -182,6 +182,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     model = config.model_class(config, train_data._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    # named as the run's checkpoint (time, process id, a counter): two runs never share one
+    results_file = os.path.splitext(trainer.saved_model_file)[0] + ".json"
 
     start = time.time()
     if checkpoint:
@@ -219,8 +221,6 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "peak_rss_gb": peak_rss_gb(),
         "run_args": run_args(config, config_file_list, config_dict, cmd_args),
     }
-    results_file = os.path.join(
-        config["checkpoint_dir"], f"{config['model']}-{config['dataset']}-{int(start)}.json")
     atomic_write_text(results_file, json.dumps(result, indent=2, default=float) + "\n")
     result["results_file"] = results_file
     result["config"] = config

@@ -12,7 +12,7 @@ from recbole_onevision import registry
 from recbole_onevision.cli import main as run_main
 from recbole_onevision.compat import SafeCheckpointMixin
 from recbole_onevision.config import Config
-from recbole_onevision.quick_start import result_summary, run_args
+from recbole_onevision.quick_start import result_summary, run, run_args
 
 
 class LastItemEcho(SequentialRecommender):
@@ -154,3 +154,13 @@ def test_run_args_rebuild_the_config(tmp_path):
     again = Config("Pop", "ml-100k", [str(yaml_file)], cmd_args=args[3:])
     for key in ("topk", "state", "epochs", "stopping_step"):
         assert again[key] == config[key]
+
+
+def test_two_runs_started_together_keep_both_results(tmp_path):
+    """A result file is named as its run's checkpoint (time, process id, counter), so runs of one
+    model and dataset started in the same second do not overwrite each other's."""
+    args = ["--epochs=1", f"--checkpoint_dir={tmp_path}", "--state=WARNING", "--show_progress=False"]
+    first, second = run("Pop", "ml-100k", cmd_args=args), run("Pop", "ml-100k", cmd_args=args)
+    assert first["results_file"] != second["results_file"]
+    assert os.path.isfile(first["results_file"]) and os.path.isfile(second["results_file"])
+    assert os.path.splitext(first["results_file"])[0] == os.path.splitext(first["checkpoint"])[0]
