@@ -60,8 +60,9 @@ class OneVisionTrainer(Trainer):
     """Runs OneVision's training stages (``stages``, e.g. ``[pretrain, sft, dpo]``) one after
     another through RecBole's own ``fit`` loop.
 
-    Each stage has its own epochs and learning rate (:func:`stage_plan`), fresh optimizer, early stopping on the validation metric and checkpoint file
-    (``<checkpoint>-<stage>.pth``); the next stage starts from the previous stage's best
+    Each stage has its own epochs and learning rate (:func:`stage_plan`), fresh optimizer, early
+    stopping on the validation metric and checkpoint file (``<checkpoint>-<stage>.pth``); the
+    next stage starts from the previous stage's best
     checkpoint. Every stage reseeds the random streams (``seed`` + the stage's index), so a run
     resumed from a stage checkpoint (``start_checkpoint``, with ``stages`` listing the stages
     still to run) trains exactly as the uninterrupted run did.

@@ -76,8 +76,8 @@ class EncoderInputs(nn.Module):
             view_features, view_prefix = features_and_prefix(views)
             self.register_buffer("view_feature", view_features, persistent=False)
             self.register_buffer("view_prefix", view_prefix, persistent=False)
-        width = features.shape[1]
-        self.visual = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, self.params.visual_tokens * self.params.d_model))
+        width, tokens = features.shape[1], self.params.visual_tokens
+        self.visual = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, tokens * self.params.d_model))
 
     def forward(self, interaction, codes: SIDCodes, context: bool = True,
                 prune: Pruning | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +91,8 @@ class EncoderInputs(nn.Module):
             self._add_photo(parts, masks, codes, self.query_feature[query], self.query_prefix[query], query == 0)
         if context and self.profile_fields:
             tokens = torch.stack([interaction[f] for f in self.profile_fields], 1)
-            embedded = torch.stack([emb(interaction[f]) for f, emb in zip(self.profile_fields, self.profile_embedding)], 1)
+            embedded = torch.stack([embed(interaction[f])
+                                    for f, embed in zip(self.profile_fields, self.profile_embedding)], 1)
             parts.append(self._segment(embedded, PROFILE))
             masks.append(tokens == 0)
         if context:
