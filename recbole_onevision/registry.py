@@ -128,6 +128,7 @@ def create_dataset(config):
     import recbole.data.dataset as recbole_datasets
 
     import recbole_onevision.data.dataset as plugin_datasets
+    from recbole_onevision.data.checks import check_atomic_files
 
     explicit = config["dataset_class"]  # Config returns None for unset keys
     dataset_class = getattr(plugin_datasets, explicit or f"{config['model']}Dataset", None)
@@ -137,6 +138,7 @@ def create_dataset(config):
         dataset_class = getattr(recbole_datasets, f"{config['model']}Dataset", None) or getattr(
             recbole_datasets, RECBOLE_DATASET_CLASSES.get(config["MODEL_TYPE"], "Dataset"))
     refuse_pickle(os.path.join(config["checkpoint_dir"], f"{config['dataset']}-{dataset_class.__name__}.pth"))
+    check_atomic_files(config)
     return dataset_class(config)
 
 

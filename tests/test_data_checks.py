@@ -1,0 +1,34 @@
+"""Atomic files RecBole would accept silently are refused before loading, naming file and line."""
+import pytest
+
+from recbole_onevision.config import Config
+from recbole_onevision.registry import create_dataset
+
+
+def write_shop(root, time_type="float", item_rows=(), user_rows=()):
+    folder = root / "shop"
+    folder.mkdir()
+    lines = ["user_id:token\titem_id:token\ttimestamp:" + time_type]
+    lines += [f"u{u}\ti{(u * 7 + t) % 12 + 1}\t{t}" for u in range(1, 9) for t in range(5)]
+    (folder / "shop.inter").write_text("\n".join(lines) + "\n")
+    items = [f"i{i}\tc{i % 3}" for i in range(1, 13)] + list(item_rows)
+    (folder / "shop.item").write_text("item_id:token\tcategory:token\n" + "\n".join(items) + "\n")
+    users = [f"u{u}\t{20 + u}" for u in range(1, 9)] + list(user_rows)
+    (folder / "shop.user").write_text("user_id:token\tage:float\n" + "\n".join(users) + "\n")
+    return Config("SASRec", "shop", None, {"data_path": str(root), "state": "WARNING", "load_col": {
+        "inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "category"], "user": ["user_id", "age"]}})
+
+
+def test_clean_files_load(tmp_path):
+    assert create_dataset(write_shop(tmp_path)).item_num == 13
+
+
+@pytest.mark.parametrize("shop, message", [
+    ({"item_rows": ["i5\tc9"]}, "shop.item, line 14: item_id 'i5' is listed again \\(first on line 6\\)"),
+    ({"user_rows": ["u2\t40"]}, "shop.user, line 10: user_id 'u2' is listed again \\(first on line 3\\)"),
+    ({"time_type": "token"}, "shop.inter, line 1: field 'timestamp' is typed 'token'; the time-ordered split "
+                             "needs 'timestamp:float'"),
+])
+def test_files_recbole_would_misread_are_refused(tmp_path, shop, message):
+    with pytest.raises(ValueError, match=message):
+        create_dataset(write_shop(tmp_path, **shop))
