@@ -106,7 +106,8 @@ class Config(RecBoleConfig):
         merged = {}
         for path in file_list or []:
             loaded = load_yaml(path, self.yaml_loader) or {}
-            self._sources.update({key: path for key in loaded if key not in self._sources})
+            # a later file wins over an earlier one; config_dict and the command line over both
+            self._sources.update({key: path for key in loaded if self._sources.get(key) != "config_dict"})
             layer(merged, loaded)
         return merged
 

@@ -81,3 +81,13 @@ def test_a_planted_pickle_is_refused_and_never_run(tmp_path, name):
         run("SASRec", "ml-100k", cmd_args=["--epochs=1", f"--checkpoint_dir={tmp_path}", "--state=WARNING",
                                            "--show_progress=False"])
     assert not marker.exists()
+
+
+def test_an_error_names_the_layer_whose_value_counts(tmp_path):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("stopping_step: 3\n")
+    second.write_text("stopping_step: soon\n")
+    with pytest.raises(ValueError, match=f"{second}: config stopping_step: expected an integer"):
+        Config("SASRec", "ml-100k", [str(first), str(second)])
+    with pytest.raises(ValueError, match="config_dict: config stopping_step: expected an integer"):
+        Config("SASRec", "ml-100k", [str(first)], {"stopping_step": "later"})
