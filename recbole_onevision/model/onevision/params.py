@@ -16,6 +16,8 @@ from recbole_onevision.trainer import stage_plan
 
 RANKINGS = ("beams", "dense", "fused")
 READOUTS = ("decoder", "history", "both")
+
+
 @dataclass(frozen=True)
 class Pruning:
     """Dynamic pruning at inference (``prune``)."""
@@ -56,11 +58,11 @@ class OneVisionParams:
 
     def table(self) -> str:
         """What will actually run, for the log at the start of a run."""
+        inputs = (["photo" if self.photos else "no photo"] + (["profile"] if self.profile_fields else [])
+                  + ["history SIDs"] + (["item embeddings"] if self.history_item_embedding else []))
         rows = [("ranking", self.ranking + (f" (beam_size {self.beam_size})" if self.ranking != "dense" else "")),
                 ("stages", ", ".join(self.stages)),
-                ("inputs", ", ".join(["photo" if self.photos else "no photo"] + (["profile"] if self.profile_fields
-                                                                                   else []) + ["history SIDs"]
-                                     + (["item embeddings"] if self.history_item_embedding else []))),
+                ("inputs", ", ".join(inputs)),
                 ("visual bias", f"scale {self.visual_bias:g}" if self.visual_bias else "off"),
                 ("dense head", f"weight {self.dense_weight:g}, readout {self.dense_readout}, temperature "
                                f"{self.dense_temperature}" if self.dense_weight else "off"),
