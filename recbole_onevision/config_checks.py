@@ -4,6 +4,7 @@ was expected, instead of being ignored or failing after the tokenizer fit or an 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 
 import yaml
@@ -45,7 +46,8 @@ def load_yaml(path: str, loader) -> dict | None:
     return loaded
 
 
-def plugin_keys(properties_dir: str) -> set[str]:
+@functools.lru_cache(maxsize=None)  # the package's own files: read once per process
+def plugin_keys(properties_dir: str) -> frozenset[str]:
     """Every key of the plugin's own YAML files (all its models' and datasets'): a dataset's
     properties may carry one model's settings and still be read by another model's run."""
     keys = set()
@@ -54,7 +56,7 @@ def plugin_keys(properties_dir: str) -> set[str]:
             if name.endswith(".yaml"):
                 with open(os.path.join(root, name), encoding="utf-8") as f:
                     keys |= set(yaml.safe_load(f) or {})
-    return keys
+    return frozenset(keys)
 
 
 def check_external(internal: dict, external: dict, sources: dict[str, str], properties_dir: str) -> None:

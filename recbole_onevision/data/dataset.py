@@ -8,8 +8,23 @@ from logging import getLogger
 import numpy as np
 import torch
 from recbole.data.dataset import Dataset, SequentialDataset
+from recbole.utils import FeatureType
 
 from recbole_onevision.data.multiview import MultiViewDataError, map_tokens, read_embedding_table
+
+
+def profile_fields(config, dataset) -> list[str]:
+    """The user token fields a model reads as the profile: ``PROFILE_FIELDS``, or every loaded
+    one (``~``); a field that is not a loaded user token field is refused."""
+    fields = config["PROFILE_FIELDS"]
+    if fields is None:
+        user_feat = dataset.user_feat
+        fields = [] if user_feat is None else [
+            f for f in user_feat.columns if f != dataset.uid_field and dataset.field2type[f] == FeatureType.TOKEN]
+    for field in fields:
+        if dataset.field2type.get(field) != FeatureType.TOKEN:
+            raise ValueError(f"config PROFILE_FIELDS: {field!r} is not a loaded user token field")
+    return list(fields)
 
 
 class MultiViewMixin:

@@ -23,6 +23,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureType, InputType
 from torch import nn
 
+from recbole_onevision.data.dataset import profile_fields
 from recbole_onevision.model.visual_knn import photos_and_views
 from recbole_onevision.model.visual_similarity import ViewTable
 
@@ -54,9 +55,7 @@ class MCA(SequentialRecommender):
         for field in self.item_fields:
             self.register_buffer(f"item_{field}", dataset.item_feat[field].view(self.n_items, -1).clone(),
                                  persistent=False)
-        user_feat = dataset.user_feat
-        self.profile_fields = [] if user_feat is None else [
-            f for f in user_feat.columns if f != dataset.uid_field and dataset.field2type[f] == FeatureType.TOKEN]
+        self.profile_fields = profile_fields(config, dataset)
         self.profile_embedding = nn.ModuleList(nn.Embedding(dataset.num(f), d, padding_idx=0)
                                                for f in self.profile_fields)
         self.visual = nn.Linear(views.shape[1], d)

@@ -38,18 +38,8 @@ def scan(src: str) -> list[tuple[str, str, str]]:
     if not os.path.isdir(src):
         raise FileNotFoundError(f"image folder not found: {src}")
     records = []
-    for category in sorted(os.listdir(src)):
-        cat_dir = os.path.join(src, category)
-        if category.startswith("."):
-            continue
-        if not os.path.isdir(cat_dir):
-            raise ImageFolderError(f"{cat_dir}: expected a category folder (<category>/<object>/<view>.jpg)")
-        for obj in sorted(os.listdir(cat_dir)):
-            obj_dir = os.path.join(cat_dir, obj)
-            if obj.startswith("."):
-                continue
-            if not os.path.isdir(obj_dir):
-                raise ImageFolderError(f"{obj_dir}: expected an object folder (<category>/<object>/<view>.jpg)")
+    for category, cat_dir in _subfolders(src, "category"):
+        for obj, obj_dir in _subfolders(cat_dir, "object"):
             files = sorted(f for f in os.listdir(obj_dir) if not f.startswith("."))
             for f in files:
                 if not f.lower().endswith(IMAGE_EXTENSIONS):
@@ -64,6 +54,18 @@ def scan(src: str) -> list[tuple[str, str, str]]:
         if seen.setdefault(obj, category) != category:
             raise ImageFolderError(f"{src}: object folder name {obj!r} appears under {seen[obj]!r} and {category!r}")
     return records
+
+
+def _subfolders(path: str, kind: str):
+    """(name, path) of ``path``'s entries in name order, hidden ones skipped; each must be a folder."""
+    for name in sorted(os.listdir(path)):
+        if name.startswith("."):
+            continue
+        sub = os.path.join(path, name)
+        if not os.path.isdir(sub):
+            raise ImageFolderError(f"{sub}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} folder "
+                                   "(<category>/<object>/<view>.jpg)")
+        yield name, sub
 
 
 def choose_queries(records, query_pattern: str | None, query_share: float, seed: int) -> np.ndarray:

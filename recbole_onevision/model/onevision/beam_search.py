@@ -99,7 +99,7 @@ def add_dense(model, memory, mask, similarity, first, items, scores, beams: int,
     row = every_row.repeat_interleave(n)
     flat, tokens = top.reshape(-1), codes.item_tokens[top.reshape(-1)]
     # BOS and the first level are the same for a row's n items: decoded and scored once per row
-    bos = codes.token_embedding.weight[codes.bos_token].expand(rows, -1) + codes.level_embedding.weight[0]
+    bos = codes.step(torch.full((rows,), codes.bos_token, device=top.device), 0)
     states = cache.step(model.sid_decoder.input_dropout(bos), every_row, every_row)
     logp = constrained_log_probs(model, states, 0, trie.step(0, torch.zeros_like(every_row)), every_row, similarity)
     sid = logp[row, codes.codes(tokens[:, 0], 0)]

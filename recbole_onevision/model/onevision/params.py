@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from recbole.utils import FeatureType
-
+from recbole_onevision.data.dataset import profile_fields
 from recbole_onevision.trainer import stage_plan
 
 RANKINGS = ("beams", "dense", "fused")
@@ -122,7 +121,7 @@ class OneVisionParams:
                           prefix_levels=int(_number(prune.get("prefix_levels") or 0, "prune prefix_levels", 0)),
                           keep_recent=int(_number(prune.get("keep_recent") or 0, "prune keep_recent", 0))),
             prune_enabled=_bool(prune.get("enabled"), "prune enabled"),
-            profile_fields=_profile_fields(config, dataset), stages=runs)
+            profile_fields=() if dataset is None else tuple(profile_fields(config, dataset)), stages=runs)
         params.check()
         return params
 
@@ -205,18 +204,3 @@ def _mapping(config, key: str, known: set[str]) -> dict:
     if unknown:
         raise ValueError(f"config {key}: unknown keys {unknown}; expected some of {sorted(known)}")
     return value
-
-
-def _profile_fields(config, dataset) -> tuple[str, ...]:
-    fields = config["PROFILE_FIELDS"]
-    if dataset is None:
-        return ()
-    if fields is None:
-        user_feat = dataset.user_feat
-        fields = [] if user_feat is None else [
-            f for f in user_feat.columns if f != dataset.uid_field and dataset.field2type[f] == FeatureType.TOKEN]
-    for field in fields:
-        if dataset.field2type.get(field) != FeatureType.TOKEN:
-            raise ValueError(f"config PROFILE_FIELDS: {field!r} is not a loaded user token field")
-    return tuple(fields)
-
