@@ -14,7 +14,7 @@ from recbole_onevision.tokenizer import TokenizerConfigError, build_tokenizer
 from recbole_onevision.tokenizer.__main__ import main as tokenize_main
 from recbole_onevision.tokenizer.inputs import gather
 from recbole_onevision.tokenizer.kmeans import kmeans
-from recbole_onevision.tokenizer.quantize import collision_stats, uniqueness_level
+from recbole_onevision.tokenizer.quantize import collision_stats, distinct_codes, uniqueness_level
 from recbole_onevision.tokenizer.report import sid_report
 from recbole_onevision.tokenizer.vrq import VRQTokenizer
 
@@ -96,9 +96,10 @@ def test_alignment_beats_plain_rq_kmeans_across_views(mini):
     """Query photos are distorted far more than catalogue views: the head must bridge that."""
     dataset, splits, config = mini["dataset"], mini["splits"], mini["config"]
     inputs = gather(dataset, splits, config)
-    vrq = sid_report(dataset.sid_tokenizer, inputs)
-    plain_params = dataclasses.replace(dataset.sid_tokenizer.params, align=False, attribute_weight=0.0)
-    plain = sid_report(VRQTokenizer(plain_params).fit(inputs), inputs)
+    kmeans_only = dataclasses.replace(dataset.sid_tokenizer.params, code_steps=0)  # alignment alone
+    vrq = sid_report(VRQTokenizer(kmeans_only).fit(inputs), inputs)
+    plain = sid_report(VRQTokenizer(dataclasses.replace(kmeans_only, align=False, attribute_weight=0.0)).fit(inputs),
+                       inputs)
     assert vrq["heldout_queries"] == plain["heldout_queries"] > 500
     for level in (0, 1):
         assert vrq["levels"][level]["view_consistency"] > plain["levels"][level]["view_consistency"] + 0.04
@@ -164,11 +165,35 @@ def test_kmeans_and_uniqueness_level():
     assert index.tolist() == [2, 0, 0, 1]
 
 
+def test_last_level_codes_are_distinct_per_prefix_and_follow_content():
+    centroids = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    residual = torch.tensor([[0.1, 0.0], [0.2, 0.0], [0.9, 0.1], [0.1, 0.0], [0.05, 0.05]])
+    prefix = np.array([[0], [0], [0], [1], [2]])
+    codes = distinct_codes(residual, centroids, prefix)
+    # group 0: rows 0 and 1 both want code 0; the closer (row 0) keeps it, row 1 takes its next best
+    # row 2 is nearest code 1, so row 1 gets code 2; rows 3 and 4 are alone: their nearest code
+    assert codes.tolist() == [0, 2, 1, 0, 0]
+    with pytest.raises(ValueError, match="3 items share one SID prefix.*only 2 codes; raise vrq_last_codes"):
+        distinct_codes(residual[:3], centroids[:2], prefix[:3])
+
+
+def test_trained_codes_retrieve_held_out_photos_better_than_kmeans_codes(mini, tmp_path):
+    recall = {}
+    for steps in (0, 300):
+        config = make_config("mvshop-mini", mini["root"], tmp_path, vrq_code_steps=steps)
+        dataset, splits = build(config)
+        report = sid_report(dataset.sid_tokenizer, gather(dataset, splits, config), max_queries=600)
+        assert report["ICR_after_uniqueness"] == 1.0
+        recall[steps] = report["recall_codes"]["R@1"]
+    assert recall[300] > recall[0] + 0.05, recall
+
+
 def test_tokenize_cli_prints_the_comparison(mini, capsys, tmp_path):
     reports = tokenize_main(["--dataset", "mvshop-mini", "--compare", f"--data_path={mini['root']}",
                              "--vrq_align_steps=30", "--show_progress=False", "--state=WARNING",
                              f"--vrq_cache_dir={tmp_path}", "--max_queries=200"])
     out = capsys.readouterr().out
-    assert list(reports) == ["VRQ", "RQ-KMeans (raw)", "VRQ w/o circle", "VRQ w/o attributes"]
+    assert list(reports) == ["VRQ", "k-means codebooks", "last level a counter", "RQ-KMeans (raw)",
+                             "VRQ w/o circle", "VRQ w/o attributes"]
     assert "| L1 view consistency |" in out and "| codes R@1 |" in out
     assert all(r["ICR_after_uniqueness"] == 1.0 for r in reports.values())

@@ -1,4 +1,4 @@
-"""Residual k-means levels and the uniqueness level that makes every SID distinct."""
+"""Residual k-means levels and the last level that makes every SID distinct."""
 from __future__ import annotations
 
 import math
@@ -59,6 +59,40 @@ def uniqueness_level(codes: np.ndarray, residual_norm: np.ndarray) -> np.ndarray
     index = np.empty(len(group), dtype=np.int64)
     index[order] = np.arange(len(order)) - starts
     return index
+
+
+def distinct_codes(residual: torch.Tensor, centroids: torch.Tensor, prefix: np.ndarray) -> np.ndarray:
+    """Last-level code of each row: its nearest centroid not taken by a closer row sharing its
+    ``prefix`` (all earlier codes), so full SIDs are distinct and the code still says where the
+    item's residual lies. Rounds: every unplaced row proposes its best free code; per (group,
+    code) the closest proposal wins."""
+    _, group = np.unique(prefix, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    sizes = np.bincount(group)
+    if sizes.max() > len(centroids):
+        raise ValueError(f"{sizes.max()} items share one SID prefix but the last level has only "
+                         f"{len(centroids)} codes; raise vrq_last_codes")
+    codes, _ = nearest(residual, centroids)
+    codes = codes.numpy()
+    shared = np.flatnonzero(sizes[group] > 1)  # rows of groups that must split
+    if not len(shared):
+        return codes
+    dist = (torch.cdist(residual[shared], centroids) ** 2).numpy()
+    local = np.unique(group[shared], return_inverse=True)[1].reshape(-1)  # group -> 0..g-1
+    taken = np.zeros((local.max() + 1, len(centroids)), dtype=bool)
+    todo = np.arange(len(shared))
+    while len(todo):
+        free = np.where(taken[local[todo]], np.inf, dist[todo])
+        choice = free.argmin(1)
+        best = free[np.arange(len(todo)), choice]
+        order = np.lexsort((todo, best, choice, local[todo]))  # closest first within (group, code)
+        first = np.r_[True, (local[todo][order][1:] != local[todo][order][:-1])
+                      | (choice[order][1:] != choice[order][:-1])]
+        won = todo[order[first]]
+        codes[shared[won]] = choice[order[first]]
+        taken[local[won], choice[order[first]]] = True
+        todo = np.setdiff1d(todo, won, assume_unique=True)
+    return codes
 
 
 def collision_stats(codes: np.ndarray) -> tuple[float, int]:

@@ -6,7 +6,8 @@
   the prefix of the product they show;
 * cross-view Recall@1/5 of the pictured product: raw nearest neighbour (best catalogue view),
   the aligned continuous feature, and the codes (items ranked by the distance from the query's
-  feature to their quantized vector, ties by the uniqueness level).
+  feature to their quantized vector, every level with a codebook; where the last level is a
+  counter, items sharing the other levels tie and the counter orders them).
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def sid_report(tokenizer, inputs: TokenizerInputs, max_queries: int | None = 200
         report["recall_aligned_nn"] = _recall(
             _ranks(lambda r: best_view(aligned_photos, aligned_views, r), targets, chunk))
     features = tokenizer.query_features(photos)
-    quantized = reconstruct(tokenizer.item_sid[:, :-1].clamp_min(0), tokenizer.codebooks)
+    quantized = reconstruct(tokenizer.item_sid[:, :len(tokenizer.codebooks)].clamp_min(0), tokenizer.codebooks)
     q_sq = (quantized * quantized).sum(1)
     q_sq[0] = float("inf")  # padding item never ranks
 
@@ -95,7 +96,7 @@ def sid_report(tokenizer, inputs: TokenizerInputs, max_queries: int | None = 200
         f = features[rows]
         return -((f * f).sum(1, keepdim=True) - 2 * f @ quantized.T + q_sq)
 
-    # rank by codes: items sharing every level tie; the uniqueness index orders them
+    # rank by codes: items sharing every quantized level tie; the last code orders them
     report["recall_codes"] = _recall(_ranks(code_scores, targets, chunk, tiebreak=tokenizer.item_sid[:, -1]))
     return report
 
@@ -120,7 +121,7 @@ def format_reports(reports: dict[str, dict]) -> str:
     row("fit seconds", lambda r: r.get("fit_seconds"))
     row("codebook sizes", lambda r: "x".join(map(str, r["codebook_sizes"])))
     for level in range(len(first["levels"])):
-        tag = f"L{level + 1}" if level < len(first["levels"]) - 1 else f"L{level + 1} (uniqueness)"
+        tag = f"L{level + 1}" if level < len(first["levels"]) - 1 else f"L{level + 1} (last, distinct)"
         row(f"{tag} CUR", lambda r, i=level: r["levels"][i]["CUR"])
         row(f"{tag} ICR (prefix unique)", lambda r, i=level: r["levels"][i]["ICR"])
         row(f"{tag} largest group", lambda r, i=level: r["levels"][i]["largest_group"])

@@ -10,8 +10,12 @@ Fit (training split only):
    codes follow the category tree. Without views (Beauty) the first part is a collaborative
    embedding (SVD of training interactions, ``vrq_collaborative``) and the prototypes are fixed
    seeded random vectors: SIDs from attributes and co-occurrence.
-3. *Quantization*: residual k-means, ``vrq_levels`` codebooks; then a uniqueness level (index
-   within a group of items sharing all codes), so each item's SID is distinct.
+3. *Quantization*: residual k-means, ``vrq_levels`` codebooks; then a last level that makes
+   each item's SID distinct while still carrying content: a codebook of ``vrq_last_codes``
+   centroids on the remaining residual, each item taking the nearest code no closer item of its
+   prefix group holds (``vrq_last_codes: 0``: a plain counter inside the group instead).
+4. *Code training* (``vrq_code_steps``): codebooks and head fine-tuned so that each item's
+   quantized vector is retrieved by its own photos and views (:mod:`.code_training`).
 
 A query photo goes through the same head; its attribute part is the prototypes weighted by the
 head's predicted distribution; greedy residual coding gives its predicted SID prefix.
@@ -31,17 +35,20 @@ import torch.nn.functional as F
 
 from recbole_onevision.io import atomic_open
 from recbole_onevision.tokenizer.align import AlignmentHead, attribute_logits, train_head
+from recbole_onevision.tokenizer.code_training import train_codebooks
 from recbole_onevision.tokenizer.inputs import TokenizerInputs
+from recbole_onevision.tokenizer.kmeans import kmeans
 from recbole_onevision.tokenizer.quantize import (
     auto_codebook_sizes,
     collision_stats,
+    distinct_codes,
     encode_residual,
     residual_kmeans,
     uniqueness_level,
 )
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when fitting changes, so old caches are not reused
+CACHE_VERSION = 3  # bump when fitting changes, so old caches are not reused
 
 
 class TokenizerConfigError(ValueError):
@@ -81,6 +88,8 @@ class VRQParams:
     attribute_decay: float
     query_share: float
     collaborative: bool
+    last_codes: int | None  # None = auto (4 x the last level's codes); 0 = a counter
+    code_steps: int
     kmeans_iters: int
     kmeans_sample: int | None
     seed: int
@@ -129,6 +138,8 @@ class VRQParams:
             circle_gamma=float(config["vrq_circle_gamma"]),
             attribute_weight=_check(config, "vrq_attribute_weight", float, 0), attribute_decay=decay,
             query_share=share, collaborative=_check(config, "vrq_collaborative", bool),
+            last_codes=None if config["vrq_last_codes"] == "auto" else _check(config, "vrq_last_codes", int, 0),
+            code_steps=_check(config, "vrq_code_steps", int, 0),
             kmeans_iters=_check(config, "vrq_kmeans_iters", int, 1),
             kmeans_sample=_check(config, "vrq_kmeans_sample", int, 1, allow_none=True),
             seed=int(seed), attribute_fields=None if fields is None else tuple(fields),
@@ -170,10 +181,20 @@ class VRQTokenizer:
                              "attributes (vrq_attribute_fields) and vrq_collaborative is off")
         sizes = list(p.codebook_sizes or auto_codebook_sizes(len(rows), p.levels))
         self.codebooks, codes, residual = residual_kmeans(rows, sizes, p.kmeans_iters, p.seed, p.kmeans_sample)
-        unique = uniqueness_level(codes.numpy(), residual.norm(dim=1).numpy())
         sid = np.full((inputs.item_num, p.levels + 1), -1, dtype=np.int64)
-        sid[1:, :-1], sid[1:, -1] = codes.numpy(), unique
+        sid[1:, :-1] = codes.numpy()
+        if p.last_codes == 0:
+            sid[1:, -1] = uniqueness_level(codes.numpy(), residual.norm(dim=1).numpy())
+        else:
+            largest = collision_stats(codes.numpy())[1]
+            size = max(p.last_codes or 4 * sizes[-1], largest)
+            last, _ = kmeans(residual, size, p.kmeans_iters, p.seed + p.levels, p.kmeans_sample)
+            sid[1:, -1] = distinct_codes(residual, last, codes.numpy())
+            self.codebooks.append(last)
         self.item_sid = torch.from_numpy(sid)
+        if p.code_steps and inputs.has_views:  # needs photos or views to retrieve from
+            with torch.random.fork_rng(devices=[]):
+                train_codebooks(self, inputs, sid[:, :len(self.codebooks)], p.code_steps, p.seed, show_progress)
         return self
 
     def _fit_visual(self, inputs: TokenizerInputs, show_progress: bool) -> torch.Tensor | None:
@@ -228,7 +249,10 @@ class VRQTokenizer:
         """Query photos in the fused item space (attribute part: predicted prototypes)."""
         if self.visual_width == 0:
             raise ValueError("this tokenizer was fitted without images; it cannot encode query photos")
-        visual = self.visual(embeddings)
+        return self.fuse_query(self.visual(embeddings))
+
+    def fuse_query(self, visual: torch.Tensor) -> torch.Tensor:
+        """The visual part of query photos -> the fused space (differentiable in ``visual``)."""
         if not self.params.attribute_weight or not self.prototypes:
             return visual
         attributes = 0
@@ -239,19 +263,22 @@ class VRQTokenizer:
 
     def encode_queries(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Predicted SID prefix (``vrq_levels`` codes) of each query photo."""
-        codes, _ = encode_residual(self.query_features(embeddings), self.codebooks)
+        codes, _ = encode_residual(self.query_features(embeddings), self.codebooks[:self.params.levels])
         return codes
 
     @property
     def codebook_sizes(self) -> list[int]:
-        """Codes per level, the uniqueness level last."""
+        """Codes per level, the last (distinct) level last."""
+        if len(self.codebooks) > self.params.levels:
+            return [len(c) for c in self.codebooks]
         return [len(c) for c in self.codebooks] + [int(self.item_sid[1:, -1].max()) + 1]
 
     def summary(self) -> str:
         codes = self.item_sid[1:, :-1].numpy()
         icr, largest = collision_stats(codes)
-        return (f"{len(codes)} items, codebooks {self.codebook_sizes}; unique before the uniqueness "
-                f"level {icr:.1%}, largest shared prefix group {largest}")
+        last = "a counter" if len(self.codebooks) == self.params.levels else "content codes"
+        return (f"{len(codes)} items, codebooks {self.codebook_sizes}; unique before the last level "
+                f"({last}) {icr:.1%}, largest shared prefix group {largest}")
 
     # ----- cache -----------------------------------------------------------------------------
     def save(self, path: str, key: str) -> None:
@@ -285,7 +312,8 @@ class VRQTokenizer:
         self.item_sid = torch.from_numpy(sid)
         self.field_weights = arrays["field_weights"].tolist()
         self.visual_width = meta["visual_width"]
-        self.codebooks = [torch.from_numpy(arrays[f"codebook{i}"]) for i in range(p.levels)]
+        self.codebooks = [torch.from_numpy(arrays[f"codebook{i}"]) for i in range(p.levels + 1)
+                          if f"codebook{i}" in arrays]
         self.prototypes = [torch.from_numpy(arrays[f"prototype{i}"]) for i in range(len(self.field_weights))]
         if meta["head"]:
             state = {k[5:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("head.")}

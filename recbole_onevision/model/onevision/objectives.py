@@ -19,6 +19,11 @@ def row_weights(model, interaction, like: torch.Tensor) -> torch.Tensor:
     return torch.where(interaction[model.behaviour_field] == model.order_token, model.params.order_weight, 1.0)
 
 
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean; 0 for a batch whose rows all weigh 0 (only orders under order weight 0)."""
+    return (values * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
 def sft_loss(model, interaction) -> torch.Tensor:
     params = model.params
     target = interaction[model.POS_ITEM_ID]
@@ -30,7 +35,7 @@ def sft_loss(model, interaction) -> torch.Tensor:
         nll = nll + params.dense_weight * model.dense.nll(model.dense.state(memory, mask, first),
                                                           model.item_vectors(), target)
     weight = row_weights(model, interaction, nll)
-    loss = (nll * weight).sum() / weight.sum()
+    loss = weighted_mean(nll, weight)
     if params.visual_prior_weight and params.photos:
         loss = loss + params.visual_prior_weight * visual_prior_loss(model, interaction)
     return loss
@@ -68,7 +73,7 @@ def dpo_loss(model, interaction, reference: dict[str, torch.Tensor]) -> torch.Te
         loss = loss + params.dpo_sft_weight * params.dense_weight * model.dense.nll(
             first, model.item_vectors(), items[:, 0])
     weight = row_weights(model, interaction, loss)
-    return (loss * weight).sum() / weight.sum()
+    return weighted_mean(loss, weight)
 
 
 def visual_prior_loss(model, interaction) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""Which part of a trained OneVision does the search: one checkpoint, four inference settings.
+
+    python benchmarks/generative_ablation.py --checkpoint saved/<run>-dpo.pth [--dataset mvshop-mini]
+        [--no_bias_checkpoint saved/<run trained with --visual_bias=0>-dpo.pth] [--key=value ...]
+
+The checkpoint is evaluated on the test split through RecBole's evaluator as trained (decoder +
+visual bias), with the visual bias's scale set to 0 (the decoder alone), with the decoder's
+logits set to 0 (the visual bias alone, still under the SID trie) and with the user's profile
+and history removed (the photo alone). ``--no_bias_checkpoint`` adds a model trained without the
+bias. Run with the overrides the checkpoints
+were trained with, so the same SIDs are rebuilt (they come from the VRQ cache).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import os
+import platform
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_onevision.cli import parse_with_overrides  # noqa: E402
+from recbole_onevision.quick_start import load_trained  # noqa: E402
+
+METRICS = ["Recall", "NDCG", "ProductHit", "OrderNDCG"]
+COLUMNS = ["recall@10", "ndcg@10", "producthit@5", "orderndcg@10"]
+
+
+@contextlib.contextmanager
+def decoder_alone(model):
+    scale = model.visual_bias.log_scale.data.clone()
+    model.visual_bias.log_scale.data.fill_(float("-inf"))  # exp(-inf) = 0: no bias
+    try:
+        yield
+    finally:
+        model.visual_bias.log_scale.data.copy_(scale)
+
+
+@contextlib.contextmanager
+def bias_alone(model):
+    decoder = model.sid_decoder
+    original = decoder.level_logits
+
+    def zero(states, level, codes):
+        logits = original(states, level, codes)
+        return torch.zeros_like(logits)
+
+    decoder.level_logits = zero
+    try:
+        yield
+    finally:
+        del decoder.level_logits
+
+
+@contextlib.contextmanager
+def photo_alone(model):
+    model.inputs.forward = functools.partial(type(model.inputs).forward, model.inputs, context=False)
+    try:
+        yield
+    finally:
+        del model.inputs.forward
+
+
+def evaluate(trained) -> dict[str, float]:
+    test = trained.splits[2]
+    with torch.no_grad():
+        return trained.trainer.evaluate(test, load_best_model=False, show_progress=False)
+
+
+def main(argv=None) -> dict[str, dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a OneVision checkpoint trained with the visual bias")
+    parser.add_argument("--no_bias_checkpoint", default=None, help="one trained with --visual_bias=0")
+    parser.add_argument("--dataset", default="mvshop-mini")
+    args, overrides = parse_with_overrides(parser, argv)
+    settings = {"metrics": METRICS, "topk": [5, 10]}
+    trained = load_trained("OneVision", args.dataset, args.checkpoint, config_dict=settings, cmd_args=overrides)
+    model = trained.model
+    if model.visual_bias is None:
+        parser.exit(2, "generative_ablation: error: the checkpoint was trained without the visual bias\n")
+    rows = {"as trained (decoder + visual bias)": evaluate(trained)}
+    for label, setting in (("decoder alone (bias scale 0)", decoder_alone), ("visual bias alone (decoder logits 0)",
+                           bias_alone), ("photo alone (no profile, no history)", photo_alone)):
+        with setting(model):
+            rows[label] = evaluate(trained)
+    if args.no_bias_checkpoint:
+        no_bias = load_trained("OneVision", args.dataset, args.no_bias_checkpoint, config_dict=settings,
+                               cmd_args=[*overrides, "--visual_bias=0"])
+        rows["trained and evaluated without the bias"] = evaluate(no_bias)
+    print(f"\nOneVision on {args.dataset} test, checkpoint {args.checkpoint}; {platform.node()}, "
+          f"torch {torch.__version__}, {datetime.date.today()}\n")
+    print("| setting | " + " | ".join(COLUMNS) + " |\n" + "|---" * (len(COLUMNS) + 1) + "|")
+    for label, result in rows.items():
+        print(f"| {label} | " + " | ".join(f"{result[c]:.4f}" for c in COLUMNS) + " |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
