@@ -77,11 +77,18 @@ def main(argv=None) -> dict[str, dict]:
     parser.add_argument("--no_bias_checkpoint", default=None, help="one trained with --visual_bias=0")
     parser.add_argument("--dataset", default="mvshop-mini")
     args, overrides = parse_with_overrides(parser, argv)
+    try:
+        return ablate(args, overrides)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"generative_ablation: error: {err}\n")
+
+
+def ablate(args, overrides) -> dict[str, dict]:
     settings = {"metrics": METRICS, "topk": [5, 10]}
     trained = load_trained("OneVision", args.dataset, args.checkpoint, config_dict=settings, cmd_args=overrides)
     model = trained.model
     if model.visual_bias is None:
-        parser.exit(2, "generative_ablation: error: the checkpoint was trained without the visual bias\n")
+        raise ValueError(f"{args.checkpoint} was trained without the visual bias; pass it as --no_bias_checkpoint")
     rows = {"as trained (decoder + visual bias)": evaluate(trained)}
     for label, setting in (("decoder alone (bias scale 0)", decoder_alone), ("visual bias alone (decoder logits 0)",
                            bias_alone), ("photo alone (no profile, no history)", photo_alone)):

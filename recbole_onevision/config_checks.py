@@ -25,7 +25,7 @@ REPLACED = {"encoder_layers": "layers", "decoder_layers": "layers", "visual_bias
             "prune_prefix_levels": "prune", "prune_beam_margin": "prune"}
 # keys whose value may also take another type than their default's (RecBole normalises them)
 ALSO = {"topk": (int,), "metrics": (str,), "gpu_id": (int, str), "vrq_codebook_sizes": (int, list),
-        "vrq_last_codes": (int,),
+        "vrq_last_codes": (str,),
         "stages": (list, str), "prune": (bool,)}
 # pickled datasets and dataloaders: RecBole would unpickle whatever file sits at their paths
 PICKLING = ("save_dataset", "save_dataloaders", "dataset_save_path", "dataloaders_save_path")

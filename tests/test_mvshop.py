@@ -1,4 +1,5 @@
 """MVShop generator: files, determinism, and the "two halves" property of its story."""
+import dataclasses
 import filecmp
 
 import numpy as np
@@ -51,6 +52,24 @@ def test_run_py_generates_with_the_configured_seed(tmp_path, monkeypatch):
 def test_unknown_scale_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown MVShop scale 'huge'"):
         mvshop.generate("huge", str(tmp_path))
+
+
+def test_the_sweep_knobs_move_what_they_name(tmp_path):
+    """Taste decides among look-alikes and the order threshold sets how many clicks become orders."""
+    def sessions(**knobs):
+        folder = mvshop.generate("mini", str(tmp_path / str(knobs)), seed=3, spec=dataclasses.replace(TINY, **knobs))
+        inter = pd.read_csv(f"{folder}/mvshop-mini.inter", sep="\t")
+        product = pd.read_csv(f"{folder}/mvshop-mini.query", sep="\t").set_index("query_id:token")["product_id:token"]
+        pictured = inter["query_id:token"].map(product) == inter["item_id:token"]
+        return (inter["behaviour:token"] == "order").mean(), pictured.mean()
+
+    orders_low, _ = sessions(order_threshold=-1.0)
+    orders_high, _ = sessions(order_threshold=2.0)
+    assert orders_low > orders_high + 0.2
+    # a sharper choice by utility moves sessions away from a uniform pick among the family
+    _, flat = sessions(taste_strength=0.0)
+    _, sharp = sessions(taste_strength=8.0)
+    assert abs(flat - 1 / TINY.family_size) < 0.08 and abs(sharp - flat) > 0.1
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,8 @@ def test_attribute_sids_without_images(tmp_path):
     ("vrq_temperature", -1.0, "vrq_temperature: expected a number >= 0"),
     ("vrq_query_share", 1.5, "vrq_query_share and vrq_attribute_decay: expected a number in \\[0, 1\\]"),
     ("tokenizer", "PQ", "unknown tokenizer 'PQ'; known: VRQ"),
+    ("vrq_last_codes", "many", "vrq_last_codes: expected an integer >= 0, got 'many'"),
+    ("vrq_code_steps", -1, "vrq_code_steps: expected an integer >= 0"),
 ])
 def test_bad_config_values_are_rejected(tmp_path, key, value, message):
     config = make_config("ml-100k", None, tmp_path, **{key: value})
@@ -180,7 +182,7 @@ def test_last_level_codes_are_distinct_per_prefix_and_follow_content():
 def test_trained_codes_retrieve_held_out_photos_better_than_kmeans_codes(mini, tmp_path):
     recall = {}
     for steps in (0, 300):
-        config = make_config("mvshop-mini", mini["root"], tmp_path, vrq_code_steps=steps)
+        config = make_config("mvshop-mini", mini["root"], tmp_path, vrq_last_codes="auto", vrq_code_steps=steps)
         dataset, splits = build(config)
         report = sid_report(dataset.sid_tokenizer, gather(dataset, splits, config), max_queries=600)
         assert report["ICR_after_uniqueness"] == 1.0
@@ -193,7 +195,7 @@ def test_tokenize_cli_prints_the_comparison(mini, capsys, tmp_path):
                              "--vrq_align_steps=30", "--show_progress=False", "--state=WARNING",
                              f"--vrq_cache_dir={tmp_path}", "--max_queries=200"])
     out = capsys.readouterr().out
-    assert list(reports) == ["VRQ", "k-means codebooks", "last level a counter", "RQ-KMeans (raw)",
+    assert list(reports) == ["VRQ", "+ content last level", "+ trained codebooks", "RQ-KMeans (raw)",
                              "VRQ w/o circle", "VRQ w/o attributes"]
     assert "| L1 view consistency |" in out and "| codes R@1 |" in out
     assert all(r["ICR_after_uniqueness"] == 1.0 for r in reports.values())

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     img.add_argument("--query-share", type=float, default=0.25,
                      help="without --query-pattern: seeded random share of each object's images (default 0.25)")
     img.add_argument("--seed", type=int, default=2025)
+    img.add_argument("--view-pattern", help="regex searched in file names: only matching non-query images "
+                     "become catalogue views, the others are left out (default: every non-query image; "
+                     "ETH-80's four side views: '-090-(000|090|180|270)')")
     amz = sub.add_parser("amazon2023", help="Amazon Reviews 2023 JSONL (meta_<Category>.jsonl + <Category>.jsonl)",
                          description="Convert one category of Amazon Reviews 2023; see "
                          "recbole_onevision/data/amazon2023.py for the field mapping.")
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         from recbole_onevision.preprocess import image_folder
 
         try:
-            image_folder.convert(args.src, args.out, args.name, args.query_pattern, args.query_share, args.seed)
+            image_folder.convert(args.src, args.out, args.name, args.query_pattern, args.query_share, args.seed,
+                                 view_pattern=args.view_pattern)
         except (FileNotFoundError, ImportError, ValueError) as err:
             sys.exit(f"convert image-folder: error: {err}")
         return

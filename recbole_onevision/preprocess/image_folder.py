@@ -5,9 +5,14 @@ with :class:`~recbole_onevision.preprocess.image_encoder.ImageEncoder`. Which im
 photos* and which are *catalogue views* is a documented rule:
 
 * ``query_pattern`` (a regular expression searched in the file name without extension):
-  matching images are queries, the rest catalogue views. For ETH-80 (``<object>-<elevation>-
-  <azimuth>``), ``-0(00|22|35|45)-`` makes the low-elevation shots queries;
+  matching images are queries, the rest catalogue views. For ETH-80 (``<object>-<angle>-
+  <azimuth>``, the angle measured from the vertical: 000 looks straight down, 090 from the
+  side), ``-0(00|22|35|45)-`` makes the 13 shots from above queries;
 * otherwise a seeded random ``query_share`` of each object's images are queries.
+
+``view_pattern`` (optional) keeps as catalogue views only the non-query images it matches; the
+rest are left out of the dataset (and not embedded), with their count logged. It builds a
+sparse catalogue, e.g. ETH-80's four side views ``-090-(000|090|180|270)`` (``eth80-hard``).
 
 Every object must keep at least one catalogue view. Queries have no users: each query is
 written as its own anonymous session (``user_id`` = ``query_id``) in ``.inter``, with the
@@ -68,12 +73,19 @@ def _subfolders(path: str, kind: str):
         yield name, sub
 
 
+def _matches(records, regex: str, option: str) -> np.ndarray:
+    """Boolean mask of the records whose file name (without extension) contains ``regex``."""
+    try:
+        pattern = re.compile(regex)
+    except re.error as err:  # re.error is no ValueError: the CLI would print a traceback
+        raise ImageFolderError(f"{option} {regex!r}: invalid regular expression ({err})") from None
+    return np.array([bool(pattern.search(os.path.splitext(os.path.basename(p))[0])) for _, _, p in records])
+
+
 def choose_queries(records, query_pattern: str | None, query_share: float, seed: int) -> np.ndarray:
     """Boolean mask of query photos, by the rule in the module docstring."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for _, _, p in records]
     if query_pattern is not None:
-        pattern = re.compile(query_pattern)
-        is_query = np.array([bool(pattern.search(s)) for s in stems])
+        is_query = _matches(records, query_pattern, "--query-pattern")
     else:
         if not 0 < query_share < 1:
             raise ValueError(f"query_share must be in (0, 1), got {query_share}")
@@ -91,19 +103,38 @@ def choose_queries(records, query_pattern: str | None, query_share: float, seed:
     return is_query
 
 
+def choose_views(records, is_query: np.ndarray, view_pattern: str | None) -> np.ndarray:
+    """Boolean mask of catalogue views: every non-query image, or those ``view_pattern`` matches."""
+    if view_pattern is None:
+        return ~is_query
+    is_view = ~is_query & _matches(records, view_pattern, "--view-pattern")
+    for obj, folder in dict.fromkeys((r[1], os.path.dirname(r[2])) for r in records):
+        if not any(is_view[i] for i, r in enumerate(records) if r[1] == obj):
+            raise ImageFolderError(f"--view-pattern {view_pattern!r} matches none of the non-query images of "
+                                   f"object {obj!r} ({folder}); every object needs a catalogue view")
+    return is_view
+
+
 def convert(src: str, out: str, name: str | None = None, query_pattern: str | None = None,
-            query_share: float = 0.25, seed: int = 2025, encoder=None, show_progress: bool = True) -> str:
+            query_share: float = 0.25, seed: int = 2025, encoder=None, show_progress: bool = True,
+            view_pattern: str | None = None) -> str:
     """Write ``out/<name>/`` (default name: the folder's name); returns that folder."""
     from recbole_onevision.preprocess.image_encoder import ImageEncoder
 
     records = scan(src)
     is_query = choose_queries(records, query_pattern, query_share, seed)
+    is_view = choose_views(records, is_query, view_pattern)
+    keep = is_query | is_view
+    if not keep.all():  # said aloud, so a too-narrow --view-pattern drops nothing silently
+        logger.info("--view-pattern %r: left out %d images that are neither query photos nor catalogue views",
+                    view_pattern, int((~keep).sum()))
+        records, is_query, is_view = [r for r, k in zip(records, keep) if k], is_query[keep], is_view[keep]
     name = name or os.path.basename(os.path.normpath(src))
     folder = os.path.join(out, name)
     encoder = encoder or ImageEncoder()
     embeddings = encoder.embed_cached([p for _, _, p in records], os.path.join(folder, ".cache"), show_progress)
     stem = lambda path: os.path.splitext(os.path.basename(path))[0]  # noqa: E731
-    views = np.flatnonzero(~is_query)
+    views = np.flatnonzero(is_view)
     queries = np.flatnonzero(is_query)
     path = lambda ext: os.path.join(folder, f"{name}.{ext}")  # noqa: E731
     objects = dict.fromkeys((r[1], r[0]) for r in records)

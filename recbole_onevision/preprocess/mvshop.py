@@ -75,6 +75,8 @@ class MVShopSpec:
     query_clutter: float = 0.5
     query_occlusion: float = 0.2  # share of coordinates zeroed
     pictured_bias: tuple[float, float] = (1.0, 1.0)  # mean, sd of a user's extra liking for what they photographed
+    taste_strength: float = 2.0  # how sharply utility (taste) decides among the look-alikes
+    order_threshold: float = 0.5  # utility at which a click becomes an order half the time
 
 
 SCALES = {
@@ -253,9 +255,9 @@ def make_sessions(spec: MVShopSpec, cat: Catalogue, users: Users, rng: np.random
             options = np.concatenate([[pictured], family[family != pictured]])
             u = utility(cat, users, user, options)
             u[0] += users.pictured_bias[user]
-            p = np.exp(2.0 * (u - u.max()))
+            p = np.exp(spec.taste_strength * (u - u.max()))
             clicked = options[rng.choice(len(options), p=p / p.sum())]
-            buy = 1 / (1 + np.exp(-(utility(cat, users, user, np.array([clicked]))[0] - 0.5)))
+            buy = 1 / (1 + np.exp(-(utility(cat, users, user, np.array([clicked]))[0] - spec.order_threshold)))
             rows.append((user, pictured, clicked, rng.random() < buy, float(clock)))
     return rows
 

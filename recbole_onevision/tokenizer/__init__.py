@@ -16,7 +16,8 @@ import logging
 import os
 
 from recbole_onevision.tokenizer.inputs import gather
-from recbole_onevision.tokenizer.vrq import TokenizerConfigError, VRQParams, VRQTokenizer
+from recbole_onevision.tokenizer.params import TokenizerConfigError, VRQParams
+from recbole_onevision.tokenizer.vrq import VRQTokenizer
 
 logger = logging.getLogger(__name__)
 

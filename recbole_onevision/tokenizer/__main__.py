@@ -5,10 +5,10 @@
 The dataset is loaded and split exactly as for training (its protocol YAML, ``--config_files``
 and ``--key=value`` overrides, e.g. ``--vrq_levels=4``); the tokenizer is fitted on the training
 split and measured on the held-out (valid/test) query photos. ``--compare`` adds the ablations
-side by side: k-means codebooks (no code training), the last level a counter inside each prefix
-group (no content; VRQ before code training), plain RQ-KMeans on raw embeddings (k-means,
-counter), VRQ without the circle loss and VRQ without attribute injection (for datasets without
-photos: attributes only, collaborative factors only).
+side by side: VRQ with a last level that carries content (``vrq_last_codes: auto``), that and
+codebooks trained to retrieve their items (``vrq_code_steps: 500``), plain RQ-KMeans on raw
+embeddings, VRQ without the circle loss and VRQ without attribute injection (for datasets
+without photos: attributes only, collaborative factors only).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from recbole_onevision.io import atomic_write_text
 
 ABLATIONS = {
     "VRQ": {},
-    "k-means codebooks": {"vrq_code_steps": 0},
-    "last level a counter": {"vrq_code_steps": 0, "vrq_last_codes": 0},
+    "+ content last level": {"vrq_last_codes": "auto", "vrq_code_steps": 0},
+    "+ trained codebooks": {"vrq_last_codes": "auto", "vrq_code_steps": 500},
     "RQ-KMeans (raw)": {"vrq_align": False, "vrq_attribute_weight": 0.0, "vrq_code_steps": 0, "vrq_last_codes": 0},
     "VRQ w/o circle": {"vrq_circle_weight": 0.0},
     "VRQ w/o attributes": {"vrq_attribute_weight": 0.0},
