@@ -62,12 +62,27 @@ def test_converts_fields_without_fetching_images(tmp_path):
     ("reviews", '{"parent_asin": "B001", "timestamp": 1}', r"reviews.jsonl, line 5: missing 'user_id'"),
     ("meta", '{"parent_asin": "B001"}', r"meta.jsonl, line 3: duplicate parent_asin 'B001'"),
     ("meta", '{"parent_asin": "B003", "price": "cheap"}', r"meta.jsonl, line 3: price 'cheap' is not a number"),
+    ("meta", '{"parent_asin": "B003", "categories": "Beauty"}',
+     r"meta.jsonl, line 3: 'categories' must be a list of strings, got 'Beauty'"),
+    ("meta", '{"parent_asin": "B003", "images": ["a.jpg"]}', r"meta.jsonl, line 3: 'images' must be a list of objects"),
+    ("reviews", '{"user_id": "U9", "parent_asin": "B001", "timestamp": 1, "rating": "five"}',
+     r"reviews.jsonl, line 5: rating 'five' is not a number"),
+    ("reviews", '{"user_id": "U9", "parent_asin": "B001", "timestamp": 1, "images": {"a": 1}}',
+     r"reviews.jsonl, line 5: 'images' must be a list of objects"),
 ])
 def test_malformed_lines_are_named(tmp_path, which, line, message):
     meta_path, reviews_path = write(tmp_path, lambda n: f"https://example.invalid/{n}.jpg")
     with open(meta_path if which == "meta" else reviews_path, "a") as f:
         f.write(line + "\n")
     with pytest.raises(amazon2023.Amazon2023Error, match=message):
+        amazon2023.convert(meta_path, reviews_path, str(tmp_path / "out"), "amz")
+
+
+def test_bytes_that_are_not_utf8_are_named(tmp_path):
+    meta_path, reviews_path = write(tmp_path, lambda n: f"https://example.invalid/{n}.jpg")
+    with open(reviews_path, "ab") as f:
+        f.write(b'{"user_id": "U\xe9", "parent_asin": "B001", "timestamp": 1}\n')
+    with pytest.raises(amazon2023.Amazon2023Error, match=r"reviews.jsonl, line 5: byte 0xe9 at column 15 is not UTF-8"):
         amazon2023.convert(meta_path, reviews_path, str(tmp_path / "out"), "amz")
 
 

@@ -1,6 +1,7 @@
 """The one-command benchmark: a quick grid runs, writes its table and plot, and resumes."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -55,6 +56,26 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     assert same == grid.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-a")
     assert same != grid.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=1"], "code-b")
     assert same != grid.cell_dir(str(out), "tinyshop", "MCA", 1, ["--x=2"], "code-a")
+
+
+@pytest.mark.parametrize("models, datasets, extra, message", [
+    ("VisualKNN,SASRek", "tinyshop", [], "unknown model 'SASRek'"),
+    ("VisualKNN", "tinyshop,nowhere", [], "dataset 'nowhere': .*nowhere.inter not found"),
+    ("VisualKNN,MCA", "tinyshop", ["--MCA.epochz=3"], "epochz"),
+])
+def test_the_grid_is_checked_before_its_first_cell(tmp_path, capsys, models, datasets, extra, message):
+    mvshop.generate("mini", str(tmp_path), spec=TINY)
+    os.rename(tmp_path / "mvshop-mini", tmp_path / "tinyshop")
+    for f in (tmp_path / "tinyshop").iterdir():
+        f.rename(f.with_name(f.name.replace("mvshop-mini", "tinyshop")))
+    out = tmp_path / "out"
+    argv = ["--models", models, "--datasets", datasets, "--out", str(out), f"--data_path={tmp_path}",
+            f"--config_files={dataset_properties_file('mvshop-mini')}", "--state=WARNING", *extra]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (out / "cells").exists()  # no cell ran
 
 
 def test_code_digest_follows_the_files_each_model_runs(tmp_path, monkeypatch):

@@ -32,3 +32,24 @@ def test_clean_files_load(tmp_path):
 def test_files_recbole_would_misread_are_refused(tmp_path, shop, message):
     with pytest.raises(ValueError, match=message):
         create_dataset(write_shop(tmp_path, **shop))
+
+
+def test_bytes_that_are_not_utf8_are_named_with_file_line_and_column(tmp_path):
+    config = write_shop(tmp_path)
+    path = tmp_path / "shop" / "shop.item"
+    path.write_bytes(path.read_bytes().replace(b"i3\tc0", b"i3\tc\xe9"))
+    with pytest.raises(ValueError, match="shop.item, line 4: byte 0xe9 at column 5 is not UTF-8"):
+        create_dataset(config)
+
+
+@pytest.mark.parametrize("header, message", [
+    ("user_id:token\tage:number", "shop.user, line 1, column 2: field 'age' has type 'number'"),
+    ("user_id:token\tage", "shop.user, line 1, column 2: field 'age' has type ''; expected 'name:type'"),
+])
+def test_header_fields_need_a_recbole_type(tmp_path, header, message):
+    config = write_shop(tmp_path)
+    path = tmp_path / "shop" / "shop.user"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([header] + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=message):
+        create_dataset(config)

@@ -40,6 +40,17 @@ def test_malformed_input_names_file_and_line(tmp_path, lines, attributes, messag
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.inter"))
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("Mini.txt", b"1 10 11\n2 12 \xff\n", r"Mini.txt, line 2: byte 0xff at column 6 is not UTF-8"),
+    ("Mini_item2attributes.json", b'{"10": [1],\n "11": "\xe9"}', r"Mini_item2attributes.json, line 2: byte 0xe9"),
+])
+def test_bytes_that_are_not_utf8_are_named(tmp_path, name, content, message):
+    write_source(tmp_path, ["1 10 11"], {"10": [1]})
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(s3rec.ConversionError, match=message):
+        s3rec.convert("Mini", str(tmp_path), str(tmp_path / "out"))
+
+
 def test_cli_reports_missing_files(tmp_path):
     with pytest.raises(SystemExit, match="sequence file not found: .*Beauty.txt"):
         convert_main(["s3rec", "--src", str(tmp_path), "--out", str(tmp_path / "o")])

@@ -42,7 +42,8 @@ import time
 import numpy as np
 
 from recbole_onevision.benchmark.grid import (
-    QUICK, QUICK_OWN, code_digest, finished_cell, git_revision, other_code_cells, run_cell, split_overrides)
+    QUICK, QUICK_OWN, check_grid, code_digest, finished_cell, git_revision, other_code_cells, run_cell,
+    split_overrides)
 from recbole_onevision.benchmark.plot import plot
 from recbole_onevision.benchmark.report import markdown, other_code_note, pinned_note
 from recbole_onevision.benchmark.stats import summarise
@@ -95,6 +96,11 @@ def main(argv=None) -> dict:
         parser.error(str(error))
     if pinned and not args.report:
         parser.error("--report_code only goes with --report: cells are always run by this checkout's code")
+    if not args.report:
+        try:
+            check_grid(models, datasets, per_model)
+        except (ValueError, KeyError, FileNotFoundError) as error:
+            parser.error(str(error))
 
     def log(message):
         print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)

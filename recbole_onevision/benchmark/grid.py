@@ -200,3 +200,25 @@ def split_overrides(overrides: list[str], models: list[str]) -> dict[str, list[s
             raise ValueError(f"{override}: {model!r} is not one of --models ({', '.join(models)})")
         own[model].append(f"--{key}={value}")
     return {model: shared + own[model] for model in models}
+
+
+def check_grid(models: list[str], datasets: list[str], per_model: dict[str, list[str]]) -> None:
+    """Before the first cell: every model known, every dataset there (or an MVShop scale, made on
+    demand) and each model's overrides valid for it, so a typo fails now, not hours in."""
+    from recbole_onevision.cli import config_file_list
+    from recbole_onevision.config import Config
+    from recbole_onevision.preprocess import mvshop
+    from recbole_onevision.quick_start import check_dataset_files
+    from recbole_onevision.registry import get_model
+
+    for model in models:
+        get_model(model)
+    for dataset in datasets:
+        for model in models:
+            files = [o.split("=", 1)[1] for o in per_model[model] if o.startswith("--config_files=")]
+            rest = [o for o in per_model[model] if not o.startswith("--config_files=")]
+            config = Config(model, dataset, config_file_list(files[-1]) if files else None, None, rest)
+            if hasattr(config.model_class, "check_config"):
+                config.model_class.check_config(config)
+        if dataset[len("mvshop-"):] not in mvshop.SCALES:
+            check_dataset_files(config)

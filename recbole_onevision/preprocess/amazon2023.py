@@ -27,7 +27,7 @@ import urllib.request
 import numpy as np
 
 from recbole_onevision.preprocess.atomic import write_atomic_file
-from recbole_onevision.io import atomic_open
+from recbole_onevision.io import atomic_open, utf8_lines
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +44,33 @@ def _token(text: str) -> str:
 def _read_jsonl(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise Amazon2023Error(f"{path}, line {lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise Amazon2023Error(f"{path}, line {lineno}: expected a JSON object")
-            yield lineno, record
+    for lineno, line in utf8_lines(path, Amazon2023Error):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise Amazon2023Error(f"{path}, line {lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise Amazon2023Error(f"{path}, line {lineno}: expected a JSON object")
+        yield lineno, record
 
 
 def _require(record: dict, field: str, path: str, lineno: int):
     value = record.get(field)
     if value in (None, ""):
         raise Amazon2023Error(f"{path}, line {lineno}: missing {field!r}")
+    return value
+
+
+def _list(record: dict, field: str, path: str, lineno: int, of: type) -> list:
+    """``record[field]`` as a list of ``of`` (absent: empty); anything else names the field."""
+    value = record.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, of) for v in value):
+        kind = {str: "strings", dict: "objects"}[of]
+        raise Amazon2023Error(f"{path}, line {lineno}: {field!r} must be a list of {kind}, got {value!r:.80}")
     return value
 
 
@@ -76,13 +86,13 @@ def read_items(path: str) -> dict[str, dict]:
                 price = float(str(price).replace("$", "").replace(",", ""))
             except ValueError:
                 raise Amazon2023Error(f"{path}, line {lineno}: price {price!r} is not a number") from None
-        categories = [_token(c) for c in r.get("categories") or []]
+        categories = [_token(c) for c in _list(r, "categories", path, lineno, str)]
         items[asin] = {
             "path": ["/".join(categories[: d + 1]) for d in range(len(categories))],
             "brand": _token(r.get("store") or ""),
             "price": "" if price is None else float(price),
             "images": [(_token(img.get("variant") or "MAIN"), img.get("large") or img.get("hi_res"))
-                       for img in r.get("images") or [] if img.get("large") or img.get("hi_res")],
+                       for img in _list(r, "images", path, lineno, dict) if img.get("large") or img.get("hi_res")],
         }
     if not items:
         raise Amazon2023Error(f"{path}: no items")
@@ -99,10 +109,13 @@ def read_reviews(path: str, items: dict) -> list[dict]:
         if not isinstance(timestamp, (int, float)):
             raise Amazon2023Error(f"{path}, line {lineno}: timestamp {timestamp!r} is not a number")
         photos = [img.get("large_image_url") or img.get("medium_image_url")
-                  for img in r.get("images") or []]
+                  for img in _list(r, "images", path, lineno, dict)]
+        rating = r.get("rating") or 0.0
+        if isinstance(rating, bool) or not isinstance(rating, (int, float)):
+            raise Amazon2023Error(f"{path}, line {lineno}: rating {rating!r} is not a number")
         reviews.append({
             "user": _token(_require(r, "user_id", path, lineno)), "item": asin, "time": timestamp / 1000.0,
-            "rating": float(r.get("rating") or 0.0), "verified": bool(r.get("verified_purchase")),
+            "rating": float(rating), "verified": bool(r.get("verified_purchase")),
             "photos": [p for p in photos if p], "line": lineno,
         })
     if not reviews:

@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from recbole_onevision.io import utf8_lines, utf8_text
 from recbole_onevision.preprocess.atomic import write_atomic_file
 
 logger = logging.getLogger(__name__)
@@ -43,19 +44,18 @@ def read_sequences(path: str) -> dict[str, list[str]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"sequence file not found: {path}")
     sequences: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                raise ConversionError(f"{path}, line {lineno}: empty line (expected 'user_id item_id ...')")
-            bad = next((x for x in fields if not x.isdigit()), None)
-            if bad is not None:
-                raise ConversionError(f"{path}, line {lineno}: {bad!r} is not a numeric id")
-            if len(fields) < 2:
-                raise ConversionError(f"{path}, line {lineno}: user {fields[0]} has no items")
-            if fields[0] in sequences:
-                raise ConversionError(f"{path}, line {lineno}: user {fields[0]} appears twice")
-            sequences[fields[0]] = fields[1:]
+    for lineno, line in utf8_lines(path, ConversionError):
+        fields = line.split()
+        if not fields:
+            raise ConversionError(f"{path}, line {lineno}: empty line (expected 'user_id item_id ...')")
+        bad = next((x for x in fields if not x.isdigit()), None)
+        if bad is not None:
+            raise ConversionError(f"{path}, line {lineno}: {bad!r} is not a numeric id")
+        if len(fields) < 2:
+            raise ConversionError(f"{path}, line {lineno}: user {fields[0]} has no items")
+        if fields[0] in sequences:
+            raise ConversionError(f"{path}, line {lineno}: user {fields[0]} appears twice")
+        sequences[fields[0]] = fields[1:]
     if not sequences:
         raise ConversionError(f"{path}: no sequences")
     return sequences
@@ -66,8 +66,7 @@ def read_attributes(path: str, items: set[str]) -> dict[str, list[int]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"attribute file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        raw = json.loads(utf8_text(path, ConversionError))
     except json.JSONDecodeError as err:
         raise ConversionError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from None
     if not isinstance(raw, dict):
