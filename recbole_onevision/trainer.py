@@ -64,8 +64,9 @@ class OneVisionTrainer(Trainer):
     stopping on the validation metric and checkpoint file (``<checkpoint>-<stage>.pth``); the
     next stage starts from the previous stage's best
     checkpoint. Every stage reseeds the random streams (``seed`` + the stage's index), so a run
-    resumed from a stage checkpoint (``start_checkpoint``, with ``stages`` listing the stages
-    still to run) trains exactly as the uninterrupted run did.
+    resumed from a stage checkpoint (``start_checkpoint``) trains exactly as the uninterrupted run
+    did: the checkpoint records the stages its weights went through, and those are skipped
+    whatever ``stages`` lists.
     """
 
     def __init__(self, config, model):
@@ -83,7 +84,14 @@ class OneVisionTrainer(Trainer):
         if start:
             checkpoint = load_checkpoint(str(start), map_location=self.device)
             self.model.load_state_dict(checkpoint["state_dict"])
-            self.logger.info(f"OneVision: starting from {start}")
+            from recbole_onevision.model.onevision.checkpoint import stages_of  # here: the model imports us
+
+            done = stages_of(checkpoint["state_dict"])
+            self.model.stages_done = done
+            self.logger.info(f"OneVision: starting from {start} (stages done: {', '.join(done) or 'none recorded'})")
+            for stage in [s for s in runnable if s.name in done]:
+                self.logger.info(f"OneVision: skipping stage {stage.name!r}: {start} has done it")
+            runnable = [s for s in runnable if s.name not in done]
         base = os.path.splitext(self.saved_model_file)[0]
         result = (self.best_valid_score, None)
         for stage in plan:
@@ -110,5 +118,6 @@ class OneVisionTrainer(Trainer):
                 self.stage_files[stage.name] = self.saved_model_file
                 best = load_checkpoint(self.saved_model_file, map_location=self.device)
                 self.model.load_state_dict(best["state_dict"])
+            self.model.stages_done = (*self.model.stages_done, stage.name)
             self.logger.info(f"OneVision stage {stage.name} done: best valid {self.valid_metric} {result[0]:.4f}")
         return result

@@ -214,8 +214,11 @@ def test_resuming_from_a_stage_checkpoint_equals_an_uninterrupted_run(tiny_root,
 
     whole, whole_model = fit({"pretrain": {"epochs": 1}, "sft": {"epochs": 2}}, tmp_path / "a")
     first, _ = fit({"pretrain": {"epochs": 1}}, tmp_path / "b")
-    _, resumed_model = fit({"sft": {"epochs": 2}}, tmp_path / "c", start_checkpoint=first.stage_files["pretrain"])
-    assert set(whole.stage_files) == {"pretrain", "sft"}
+    # the checkpoint says pretrain is done, so listing every stage resumes with SFT alone
+    resumed, resumed_model = fit({"pretrain": {"epochs": 1}, "sft": {"epochs": 2}}, tmp_path / "c",
+                                 start_checkpoint=first.stage_files["pretrain"])
+    assert set(whole.stage_files) == {"pretrain", "sft"} and set(resumed.stage_files) == {"sft"}
+    assert resumed_model.get_extra_state()["stages"] == ["pretrain", "sft"]
     for (name, a), (_, b) in zip(whole_model.state_dict().items(), resumed_model.state_dict().items()):
         if not isinstance(a, torch.Tensor):  # the recorded format and settings
             assert a == b, name

@@ -7,8 +7,15 @@ FORMAT = 2  # raised whenever the weights' layout or meaning changes; older file
 EXTRA = "_extra_state"  # torch's key for a module's get_extra_state()
 
 
-def extra_state(params) -> dict:
-    return {"format": FORMAT, "settings": params.trained_settings()}
+def extra_state(params, stages: tuple[str, ...]) -> dict:
+    """``stages``: the training stages these weights went through, the running one last."""
+    return {"format": FORMAT, "settings": params.trained_settings(), "stages": list(stages)}
+
+
+def stages_of(state_dict: dict) -> tuple[str, ...]:
+    """The stages a checkpoint's weights went through (none recorded: empty)."""
+    saved = state_dict.get(EXTRA)
+    return tuple(saved.get("stages") or ()) if isinstance(saved, dict) else ()
 
 
 def check(state_dict: dict, params, item_sid: torch.Tensor) -> None:

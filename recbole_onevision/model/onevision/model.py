@@ -58,6 +58,8 @@ class OneVision(SequentialRecommender):
         self.dense = DenseHead(params.dense_readout, params.dense_temperature)
         self.register_buffer("code_neighbour", objectives.code_neighbours(sid), persistent=False)
         self.stage = "sft"
+        self.stages_done: tuple[str, ...] = ()  # stages finished (a checkpoint records them)
+        self.stage_set: str | None = None  # the stage a trainer set, None before any
         self._reference: dict[str, torch.Tensor] | None = None  # DPO's frozen policy
         self.apply(self._init_weights)
 
@@ -161,12 +163,13 @@ class OneVision(SequentialRecommender):
             raise ValueError(f"stage {stage!r} needs query photos; this dataset has none")
         if stage == "dpo" and self.params.dpo_beta is None:
             raise ValueError("stage 'dpo' is not in config stages, so it has no settings (beta, sft_weight)")
-        self.stage = stage
+        self.stage = self.stage_set = stage
         self._reference = ({k: v.detach().clone() for k, v in self.named_parameters()}
                            if stage == "dpo" else None)
 
     def get_extra_state(self) -> dict:
-        return checkpoint.extra_state(self.params)
+        running = () if self.stage_set is None or self.stage_set in self.stages_done else (self.stage_set,)
+        return checkpoint.extra_state(self.params, (*self.stages_done, *running))
 
     def set_extra_state(self, state) -> None:
         pass  # checked before loading (load_state_dict)
