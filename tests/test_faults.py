@@ -1,0 +1,67 @@
+"""Real kills: a run killed during the tokenizer fit or during a training stage, then rerun (or
+resumed from its last stage checkpoint), ends where an uninterrupted run ends."""
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from onevision_support import REPO, tinyshop
+
+STAGES = "--stages={'pretrain': {'epochs': 2}, 'sft': {'epochs': 3}}"
+
+
+def start(args, log):
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "run.py"), *args], cwd=REPO,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def kill_when(child, ready, timeout=240):
+    """Kill ``child`` once ``ready()`` holds (or fail if it ends first)."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert child.poll() is None and time.time() < deadline, "the run ended before the fault"
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+
+
+def finish(args, log) -> dict:
+    assert start(args, log).wait() == 0, open(log).read()[-2000:]
+    results = sorted(glob.glob(os.path.join(args_value(args, "checkpoint_dir"), "*.json")), key=os.path.getmtime)
+    with open(results[-1]) as f:
+        return json.load(f)["test_result"]
+
+
+def args_value(args, key):
+    return next(a.split("=", 1)[1] for a in args if a.startswith(f"--{key}="))
+
+
+def test_killed_during_the_tokenizer_fit_and_during_sft_then_resumed_equals_an_uninterrupted_run(tiny_root, tmp_path):
+    protocol, common = tinyshop(tiny_root, tmp_path)
+    # each run its own checkpoint folder; INFO logs say when to kill
+    common = [a for a in common if not a.startswith(("--checkpoint_dir=", "--state="))] + ["--state=INFO"]
+    base = ["--model=OneVision", "--dataset=tinyshop", f"--config_files={protocol[0]}", *common, STAGES,
+            "--d_model=32", "--ffn_size=64"]
+    cache = tmp_path / "tinyshop" / ".cache"
+    whole = finish([*base, f"--checkpoint_dir={tmp_path / 'whole'}", "--vrq_cache=False"], tmp_path / "whole.log")
+
+    # 1. killed while VRQ fits (its alignment has started, nothing cached yet): the rerun fits
+    #    again and ends where the uninterrupted run did
+    killed = [*base, f"--checkpoint_dir={tmp_path / 'killed'}"]
+    child = start(killed, tmp_path / "fit.log")
+    kill_when(child, lambda: "VRQ: fitting" in open(tmp_path / "fit.log").read())
+    assert not cache.exists() or not [n for n in os.listdir(cache) if n.endswith(".npz")]
+    # 2. killed during SFT, after pretraining's checkpoint is on disk
+    child = start(killed, tmp_path / "sft.log")
+    kill_when(child, lambda: "stage sft" in open(tmp_path / "sft.log").read())
+    pretrain = glob.glob(str(tmp_path / "killed" / "*-pretrain.pth"))
+    assert len(pretrain) == 1 and not glob.glob(str(tmp_path / "killed" / "*.json"))
+    assert not [n for n in os.listdir(cache) if n.endswith(".tmp")]  # no half-written cache
+    # 3. resumed from it, with the stages as before: pretraining is skipped, SFT trained again
+    resumed = finish([*killed, f"--start_checkpoint={pretrain[0]}"], tmp_path / "resumed.log")
+    assert "skipping stage 'pretrain'" in open(tmp_path / "resumed.log").read()
+    np.testing.assert_allclose([resumed[k] for k in sorted(whole)], [whole[k] for k in sorted(whole)], atol=1e-4)
