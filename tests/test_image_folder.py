@@ -40,6 +40,56 @@ def test_every_object_keeps_a_catalogue_view(tmp_path):
     assert not share[2]  # a single-image object keeps it as its catalogue view
 
 
+class FakeEncoder:
+    """Stands in for EfficientNet (needs no image packages): one distinct unit vector per image."""
+
+    def embed_cached(self, paths, cache_dir, show_progress):
+        return np.eye(len(paths), dtype=np.float32)
+
+
+def test_view_pattern_keeps_only_matching_views_and_says_what_it_left_out(tmp_path, caplog):
+    # ETH-80-like names <object>-<angle>-<azimuth>: queries from above, views from the side
+    for obj in ["obj1", "obj2"]:
+        for angle_azimuth in ["000-000", "022-090", "066-027", "090-000", "090-090", "090-022"]:
+            touch(str(tmp_path / "src" / "cat" / obj / f"{obj}-{angle_azimuth}.jpg"))
+    caplog.set_level("INFO", logger=image_folder.__name__)
+    folder = image_folder.convert(str(tmp_path / "src"), str(tmp_path / "out"), "t", query_pattern="-0(00|22)-",
+                                  view_pattern="-090-(000|090)", encoder=FakeEncoder(), show_progress=False)
+    views = [line.split("\t")[0] for line in open(f"{folder}/t.view")][1:]
+    assert views == ["obj1-090-000", "obj1-090-090", "obj2-090-000", "obj2-090-090"]
+    # 4 queries + 4 views embedded: the left-out images are not
+    assert len(open(f"{folder}/t.query").readlines()) - 1 == 4 and np.load(f"{folder}/t.view.npy").shape == (4, 8)
+    assert "left out 4 images" in caplog.text  # 066-027 and 090-022 of each object
+    # without the option every non-query image is a view, as before, and nothing is said
+    caplog.clear()
+    folder = image_folder.convert(str(tmp_path / "src"), str(tmp_path / "all"), "t", query_pattern="-0(00|22)-",
+                                  encoder=FakeEncoder(), show_progress=False)
+    assert len(open(f"{folder}/t.view").readlines()) - 1 == 8 and "left out" not in caplog.text
+
+
+@pytest.mark.parametrize("view_pattern, message", [
+    ("-090-000", r"--view-pattern '-090-000' matches none of the non-query images of object 'obj2' \(.*cat/obj2\)"),
+    ("-000-", r"--view-pattern '-000-' matches none .* object 'obj1'"),  # queries are never views
+    ("-090-(000", r"--view-pattern '-090-\(000': invalid regular expression"),
+])
+def test_bad_view_pattern_names_the_option_and_object(tmp_path, view_pattern, message):
+    for f in ["obj1-000-000.jpg", "obj1-090-000.jpg", "obj2-000-000.jpg", "obj2-090-090.jpg"]:
+        touch(str(tmp_path / "cat" / f.split("-")[0] / f))
+    records = image_folder.scan(str(tmp_path))
+    is_query = image_folder.choose_queries(records, "-000-", 0.25, 0)
+    with pytest.raises(image_folder.ImageFolderError, match=message):
+        image_folder.choose_views(records, is_query, view_pattern)
+
+
+def test_bad_pattern_is_a_clear_cli_error(tmp_path):
+    from recbole_onevision.preprocess import convert
+
+    touch(str(tmp_path / "cat" / "obj" / "obj-000-000.jpg"))
+    for option in ["--query-pattern", "--view-pattern"]:
+        with pytest.raises(SystemExit, match=f"convert image-folder: error: {option} '\\[': invalid regular"):
+            convert.main(["image-folder", "--src", str(tmp_path), "--out", str(tmp_path / "out"), option, "["])
+
+
 @pytest.fixture
 def eth80_sample(tmp_path):
     if not os.path.isdir(ETH80):
