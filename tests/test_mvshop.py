@@ -1,6 +1,7 @@
 """MVShop generator: files, determinism, and the "two halves" property of its story."""
 import dataclasses
 import filecmp
+import os
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,23 @@ def test_run_py_generates_with_the_configured_seed(tmp_path, monkeypatch):
     assert not mvshop.ensure("Beauty", str(tmp_path), 7)  # not MVShop: nothing generated
     with pytest.raises(ValueError, match="config mvshop_seed: expected an integer"):
         mvshop.ensure("mvshop-mini", str(tmp_path), "seven")
+
+
+def test_a_truncated_record_is_regenerated_not_trusted(tmp_path):
+    folder = mvshop.generate("mini", str(tmp_path), seed=7, spec=TINY)
+    record = os.path.join(folder, "mvshop-mini.json")
+    item = os.path.join(folder, "mvshop-mini.item")
+    with open(record) as f:
+        text = f.read()
+    with open(record, "w") as f:
+        f.write(text[: len(text) // 2])
+    with open(item, "w") as f:
+        f.write("damaged")
+    mvshop.generate("mini", str(tmp_path), seed=7, spec=TINY)
+    with open(record) as f:
+        assert f.read() == text
+    with open(item) as f:
+        assert f.read().startswith("item_id:token")
 
 
 def test_unknown_scale_is_rejected(tmp_path):

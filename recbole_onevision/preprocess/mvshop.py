@@ -276,10 +276,15 @@ def generate(scale: str, out: str, seed: int = DEFAULT_SEED, spec: MVShopSpec | 
     meta = {"generator_version": GENERATOR_VERSION, "seed": seed, "spec": dataclasses.asdict(spec)}
     meta_path = os.path.join(folder, f"{name}.json")
     if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            if json.load(f) == json.loads(json.dumps(meta)):
-                logger.info("%s: up to date (%s)", name, meta_path)
-                return folder
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                recorded = json.load(f)
+        except ValueError:  # truncated or edited by hand: the record proves nothing, so regenerate
+            logger.warning("%s: %s is unreadable; generating the dataset again", name, meta_path)
+            recorded = None
+        if recorded == json.loads(json.dumps(meta)):
+            logger.info("%s: up to date (%s)", name, meta_path)
+            return folder
     start = time.time()
     rng = np.random.default_rng(seed)
     logger.info("%s: generating %d items, %d users (seed %d)", name, spec.n_items, spec.n_users, seed)
