@@ -80,6 +80,7 @@ def model_properties_file(model_name: str) -> str | None:
 
 # datasets that share one protocol file: name -> properties/dataset/<family>.yaml
 DATASET_FAMILIES = {"Beauty": "amazon-s3rec", "Toys": "amazon-s3rec", "eth80": "image-folder",
+                    "eth80-hard": "image-folder",
                     **{f"mvshop-{scale}": "mvshop" for scale in ("mini", "small", "large")}}
 
 

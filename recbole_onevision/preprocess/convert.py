@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="Beauty and/or Toys (statistics checked), or another file stem")
     img = sub.add_parser("image-folder", help="<category>/<object>/<view>.jpg trees, e.g. ETH-80",
                          description="Embed every image and write items, catalogue views and query photos "
-                         "(see recbole_onevision/data/image_folder.py for the rule choosing query photos).")
+                         "(see recbole_onevision/preprocess/image_folder.py for the rule choosing query photos).")
     img.add_argument("--src", required=True, help="the image folder")
     img.add_argument("--out", default="dataset", help="output data_path (default: dataset)")
     img.add_argument("--name", help="dataset name (default: the folder's name)")
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                      "ETH-80's four side views: '-090-(000|090|180|270)')")
     amz = sub.add_parser("amazon2023", help="Amazon Reviews 2023 JSONL (meta_<Category>.jsonl + <Category>.jsonl)",
                          description="Convert one category of Amazon Reviews 2023; see "
-                         "recbole_onevision/data/amazon2023.py for the field mapping.")
+                         "recbole_onevision/preprocess/amazon2023.py for the field mapping.")
     amz.add_argument("--meta", required=True, help="item metadata JSONL (meta_<Category>.jsonl)")
     amz.add_argument("--reviews", required=True, help="reviews JSONL (<Category>.jsonl)")
     amz.add_argument("--name", required=True, help="dataset name, e.g. amazon2023-beauty")
