@@ -95,7 +95,7 @@ class OneVisionTrainer(Trainer):
         base = os.path.splitext(self.saved_model_file)[0]
         result = (self.best_valid_score, None)
         for stage in plan:
-            if stage not in runnable:
+            if not self.model.supports_stage(stage.name):
                 self.logger.warning(f"OneVision: skipping stage {stage.name!r} (no query photos: the dataset has "
                                     "none, or visual_tokens is 0)")
         for stage in runnable:
