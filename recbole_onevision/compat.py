@@ -79,12 +79,27 @@ def atomic_torch_save(obj, path: str) -> None:
 
 
 def _plain_config(config) -> dict:
-    """The part of a RecBole ``Config`` a checkpoint needs, as plain strings.
+    """The part of a RecBole ``Config`` a checkpoint needs, as plain values.
 
     RecBole reads only ``checkpoint["config"]["model"]`` back (in ``resume_checkpoint``);
-    the dataset and the full config text are kept for people inspecting the file.
+    ``overrides`` (every setting the run was given, config files' included) and the absolute
+    ``data_path`` setting rebuild the run's config for search (:mod:`recbole_onevision.search`); the
+    full config text is kept for people inspecting the file.
     """
-    return {"model": str(config["model"]), "dataset": str(config["dataset"]), "text": str(config)}
+    overrides = {k: v for k, v in getattr(config, "external_config_dict", {}).items()
+                 if k not in ("model", "dataset", "data_path")}
+    return {"model": str(config["model"]), "dataset": str(config["dataset"]),
+            # RecBole's data_path ends with the dataset's folder; the setting is its parent
+            "data_path": os.path.dirname(os.path.abspath(config["data_path"])), "overrides": _plain(overrides), "text": str(config)}
+
+
+def _plain(value):
+    """``value`` with only what torch's safe loader reads back (containers, str, numbers, None)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def load_checkpoint(path: str, map_location=None) -> dict:

@@ -46,6 +46,9 @@ class FakeEncoder:
     def embed_cached(self, paths, cache_dir, show_progress):
         return np.eye(len(paths), dtype=np.float32)
 
+    def describe(self):
+        return {"encoder": "fake"}
+
 
 def test_view_pattern_keeps_only_matching_views_and_says_what_it_left_out(tmp_path, caplog):
     # ETH-80-like names <object>-<angle>-<azimuth>: queries from above, views from the side

@@ -61,10 +61,11 @@ class MultiViewMixin:
         logger = getLogger()
         base = os.path.join(self.dataset_path, self.dataset_name)
         item2id = self.field2token_id[self.iid_field]
-        self.view_item = self.view_embedding = self.query_embedding = self.query_product = None
+        self.view_item = self.view_embedding = self.query_embedding = self.query_product = self.view_ids = None
         width = None
         if os.path.isfile(f"{base}.view"):
             views = read_embedding_table(f"{base}.view", "view_id", "item_id")
+            self.view_ids = list(views.ids)  # the .view file's ids, row for row (search shows their images)
             self.view_item = torch.from_numpy(map_tokens(views, "item", item2id))
             self.view_embedding = torch.from_numpy(views.matrix)
             width = views.matrix.shape[1]

@@ -42,7 +42,7 @@ class MCA(SequentialRecommender):
             raise ValueError(f"config recall_size: expected at least the largest topk ({largest_k}), "
                              f"got {self.recall_size}")
         self.query_field = config["QUERY_ID_FIELD"] or "query_id"
-        self.register_buffer("photos", F.normalize(photos.float(), dim=1), persistent=False)
+        self.use_query_photos(photos)
         unit = F.normalize(views.float(), dim=1)
         self.views = ViewTable(unit, dataset.view_item, self.n_items)
         mean_view = torch.zeros(self.n_items, views.shape[1]).index_add_(0, dataset.view_item, unit)
@@ -66,6 +66,12 @@ class MCA(SequentialRecommender):
         # ranker keeps the recall order, and it learns what to change from there
         self.similarity_scale = nn.Parameter(torch.tensor(1 / 0.07))
         self.stage_seconds = {"recall": 0.0, "rank": 0.0}
+
+    def use_query_photos(self, photos: torch.Tensor) -> None:
+        """The photo embeddings query ids index from now on (row 0: no photo); the dataset's at
+        construction, a search's own photos in :mod:`recbole_onevision.search`."""
+        device = self.photos.device if hasattr(self, "photos") else photos.device  # stays where the model is
+        self.register_buffer("photos", F.normalize(photos.float(), dim=1).to(device), persistent=False)
 
     @staticmethod
     def _item_token_fields(dataset) -> list[str]:

@@ -34,15 +34,24 @@ class VisualKNN(SequentialRecommender):
         mode = config["visual_features"]
         if mode not in ("raw", "aligned"):
             raise ValueError(f"config visual_features: expected 'raw' or 'aligned', got {mode!r}")
+        self.tokenizer = None
         if mode == "aligned":
-            tokenizer = getattr(dataset, "sid_tokenizer", None)
-            if tokenizer is None or tokenizer.head is None:
+            self.tokenizer = getattr(dataset, "sid_tokenizer", None)
+            if self.tokenizer is None or self.tokenizer.head is None:
                 raise ValueError("visual_features: aligned needs `tokenizer: VRQ` with vrq_align: True")
-            photos, views = tokenizer.visual(photos), tokenizer.visual(views)
+            views = self.tokenizer.visual(views)
         self.query_field = config["QUERY_ID_FIELD"] or "query_id"
-        self.register_buffer("photos", F.normalize(photos.float(), dim=1), persistent=False)
+        self.use_query_photos(photos)
         self.views = ViewTable(F.normalize(views.float(), dim=1), dataset.view_item, self.n_items)
         self.dummy = nn.Parameter(torch.zeros(1))
+
+    def use_query_photos(self, photos: torch.Tensor) -> None:
+        """The photo embeddings query ids index from now on (row 0: no photo); the dataset's at
+        construction, a search's own photos in :mod:`recbole_onevision.search`."""
+        if self.tokenizer is not None:
+            photos = self.tokenizer.visual(photos)
+        device = self.photos.device if hasattr(self, "photos") else photos.device  # stays where the model is
+        self.register_buffer("photos", F.normalize(photos.float(), dim=1).to(device), persistent=False)
 
     def calculate_loss(self, interaction):
         return self.dummy.sum() * 0.0

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     img.add_argument("--view-pattern", help="regex searched in file names: only matching non-query images "
                      "become catalogue views, the others are left out (default: every non-query image; "
                      "ETH-80's four side views: '-090-(000|090|180|270)')")
+    img.add_argument("--encoder", default="efficientnet-lite0",
+                     help="image encoder: efficientnet-lite0 (default) or package.module:function, a callable "
+                     "taking a list of RGB PIL images and returning an (n, d) array")
     amz = sub.add_parser("amazon2023", help="Amazon Reviews 2023 JSONL (meta_<Category>.jsonl + <Category>.jsonl)",
                          description="Convert one category of Amazon Reviews 2023; see "
                          "recbole_onevision/preprocess/amazon2023.py for the field mapping.")
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             image_folder.convert(args.src, args.out, args.name, args.query_pattern, args.query_share, args.seed,
-                                 view_pattern=args.view_pattern)
+                                 encoder=args.encoder, view_pattern=args.view_pattern)
         except (FileNotFoundError, ImportError, ValueError) as err:
             sys.exit(f"convert image-folder: error: {err}")
         return

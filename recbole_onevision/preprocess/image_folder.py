@@ -1,7 +1,8 @@
 """Image folders ``<category>/<object>/<view>.(jpg|jpeg|png)`` -> the multi-view layout.
 
 Each object becomes an item (its category folder the category path); each image is embedded
-with :class:`~recbole_onevision.preprocess.image_encoder.ImageEncoder`. Which images are *query
+with the encoder named (:mod:`~recbole_onevision.preprocess.image_encoder`, EfficientNet-Lite0 by
+default), which ``<name>.photos.json`` records with every image's file (search reads both). Which images are *query
 photos* and which are *catalogue views* is a documented rule:
 
 * ``query_pattern`` (a regular expression searched in the file name without extension):
@@ -21,6 +22,7 @@ time-ordered split, the last viewpoints of every object are held out.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -28,7 +30,7 @@ import re
 import numpy as np
 
 from recbole_onevision.preprocess.atomic import write_atomic_file
-from recbole_onevision.io import atomic_open
+from recbole_onevision.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -115,11 +117,20 @@ def choose_views(records, is_query: np.ndarray, view_pattern: str | None) -> np.
     return is_view
 
 
+def write_photo_record(path: str, encoder: dict, root: str, images: dict[str, str]) -> None:
+    """``<name>.photos.json``: the encoder that made the embeddings (search embeds new photos
+    with the same one and refuses another) and each view's and query's image file, relative to
+    ``root``, so search can show catalogue images."""
+    record = {"format": 1, "encoder": encoder, "root": os.path.abspath(root),
+              "images": {key: os.path.relpath(file, root) for key, file in images.items()}}
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
 def convert(src: str, out: str, name: str | None = None, query_pattern: str | None = None,
             query_share: float = 0.25, seed: int = 2025, encoder=None, show_progress: bool = True,
             view_pattern: str | None = None) -> str:
     """Write ``out/<name>/`` (default name: the folder's name); returns that folder."""
-    from recbole_onevision.preprocess.image_encoder import ImageEncoder
+    from recbole_onevision.preprocess.image_encoder import encoder_from_spec
 
     records = scan(src)
     is_query = choose_queries(records, query_pattern, query_share, seed)
@@ -131,7 +142,7 @@ def convert(src: str, out: str, name: str | None = None, query_pattern: str | No
         records, is_query, is_view = [r for r, k in zip(records, keep) if k], is_query[keep], is_view[keep]
     name = name or os.path.basename(os.path.normpath(src))
     folder = os.path.join(out, name)
-    encoder = encoder or ImageEncoder()
+    encoder = encoder if encoder is not None and not isinstance(encoder, str) else encoder_from_spec(encoder)
     embeddings = encoder.embed_cached([p for _, _, p in records], os.path.join(folder, ".cache"), show_progress)
     stem = lambda path: os.path.splitext(os.path.basename(path))[0]  # noqa: E731
     views = np.flatnonzero(is_view)
@@ -155,6 +166,8 @@ def convert(src: str, out: str, name: str | None = None, query_pattern: str | No
     for ext, rows in (("view.npy", views), ("query.npy", queries)):
         with atomic_open(path(ext), "wb") as f:
             np.save(f, embeddings[rows])
+    write_photo_record(path("photos.json"), encoder.describe(), src,
+                       {stem(records[i][2]): records[i][2] for i in np.concatenate([views, queries])})
     logger.info("%s: %d items, %d catalogue views, %d query photos -> %s", name, len(objects), len(views),
                 len(queries), folder)
     return folder

@@ -53,18 +53,8 @@ class EncoderInputs(nn.Module):
         self.input_dropout = nn.Dropout(params.encoder_dropout)
 
     def _init_photos(self, dataset, codes: SIDCodes) -> None:
-        tokenizer = dataset.sid_tokenizer
-
-        def features_and_prefix(embeddings):
-            if not tokenizer.visual_width:  # SIDs fitted without images: raw photos, no prefix
-                return F.normalize(embeddings, dim=1), torch.full((len(embeddings), 0), codes.pad_token)
-            predicted = tokenizer.encode_queries(embeddings)
-            return tokenizer.query_features(embeddings), predicted + codes.offsets[:predicted.shape[1]]
-
-        features, prefix = features_and_prefix(dataset.query_embedding)
-        features[0], prefix[0] = 0, codes.pad_token  # query id 0: no photo
-        self.register_buffer("query_feature", features, persistent=False)
-        self.register_buffer("query_prefix", prefix, persistent=False)
+        self.tokenizer = dataset.sid_tokenizer
+        self.use_query_photos(dataset.query_embedding, codes)
         self.register_buffer("query_product", dataset.query_product.clone(), persistent=False)
         # catalogue views, read like photos: the view -> SID part of the visual prior
         views = getattr(dataset, "view_embedding", None)
@@ -73,11 +63,27 @@ class EncoderInputs(nn.Module):
         if views is None or not self.params.visual_prior_weight:
             self.view_feature = None
         else:
-            view_features, view_prefix = features_and_prefix(views)
+            view_features, view_prefix = self._features_and_prefix(views, codes)
             self.register_buffer("view_feature", view_features, persistent=False)
             self.register_buffer("view_prefix", view_prefix, persistent=False)
-        width, tokens = features.shape[1], self.params.visual_tokens
+        width, tokens = self.query_feature.shape[1], self.params.visual_tokens
         self.visual = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, tokens * self.params.d_model))
+
+    def use_query_photos(self, embeddings: torch.Tensor, codes: SIDCodes) -> None:
+        """The photo embeddings query ids index from now on (row 0: no photo): their fused
+        features and predicted SID prefixes. The dataset's at construction, a search's after."""
+        device = self.query_feature.device if hasattr(self, "query_feature") else embeddings.device
+        features, prefix = self._features_and_prefix(embeddings.cpu(), codes)
+        features[0], prefix[0] = 0, codes.pad_token  # query id 0: no photo
+        self.register_buffer("query_feature", features.to(device), persistent=False)
+        self.register_buffer("query_prefix", prefix.to(device), persistent=False)
+
+    def _features_and_prefix(self, embeddings: torch.Tensor, codes: SIDCodes) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.tokenizer.visual_width:  # SIDs fitted without images: raw photos, no prefix
+            return F.normalize(embeddings, dim=1), torch.full((len(embeddings), 0), codes.pad_token)
+        predicted = self.tokenizer.encode_queries(embeddings)
+        offsets = codes.offsets[:predicted.shape[1]].to(predicted.device)
+        return self.tokenizer.query_features(embeddings), predicted + offsets
 
     def forward(self, interaction, codes: SIDCodes, context: bool = True,
                 prune: Pruning | None = None) -> tuple[torch.Tensor, torch.Tensor]:

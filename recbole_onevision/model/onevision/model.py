@@ -151,6 +151,15 @@ class OneVision(SequentialRecommender):
         n = items.shape[1] if items.dim() == 2 else 1
         return self.visual_bias.along(interaction[self.query_field].repeat(n), _flat(items))
 
+    def use_query_photos(self, embeddings: torch.Tensor) -> None:
+        """The photo embeddings query ids index from now on (row 0: no photo): the dataset's at
+        construction, a search's own photos in :mod:`recbole_onevision.search`."""
+        if not self.params.photos:
+            raise ValueError("this OneVision was trained without query photos")
+        self.inputs.use_query_photos(embeddings, self.codes)
+        if self.visual_bias is not None:
+            self.visual_bias.use_query_photos(embeddings)
+
     def supports_stage(self, stage: str) -> bool:
         return stage != "pretrain" or self.params.photos
 

@@ -28,6 +28,13 @@ class VisualBias(nn.Module):
         # can move by several times in one training run (a plain scale barely moved)
         self.log_scale = nn.Parameter(torch.full((levels,), float(math.log(scale))))
 
+    def use_query_photos(self, embeddings: torch.Tensor) -> None:
+        """The photo embeddings query ids index from now on (row 0: no photo)."""
+        catalogue = self.catalogue
+        photos = F.normalize(embeddings.float(), dim=1).to(catalogue.views.device)
+        catalogue.register_buffer("photos", photos, persistent=False)
+        catalogue.register_buffer("photo_level0", None, persistent=False)  # searched again on first use
+
     def photos(self, query: torch.Tensor) -> list[torch.Tensor]:
         """Per level, (rows, nodes): the query photos' similarity to every trie node (flat, 0,
         for rows without a photo, query id 0), for beam search."""

@@ -1,0 +1,1 @@
+"""The search service: ``python -m recbole_onevision.serve`` (FastAPI + uvicorn)."""
