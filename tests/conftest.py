@@ -32,3 +32,12 @@ def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     mvshop.generate("mini", str(root), spec=TINY)
     return root
+
+
+@pytest.fixture(scope="session")
+def search_runs(tiny_root, tmp_path_factory):
+    """(root, {model: checkpoint}): OneVision, MCA and VisualKNN trained briefly on the tiny shop."""
+    from search_support import train_runs
+
+    root = tmp_path_factory.mktemp("search")
+    return root, train_runs(tiny_root, root)

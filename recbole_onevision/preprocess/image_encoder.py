@@ -56,6 +56,8 @@ def open_image(source: str | bytes, name: str | None = None, max_pixels: int | N
                                  f"{max_pixels:,} allowed")
             image.load()
             return image.convert("RGB")
+    except image_module.UnidentifiedImageError:
+        raise ImageError(f"{label}: not a readable image (no image format Pillow reads)") from None
     except (OSError, ValueError, image_module.DecompressionBombError) as err:
         if isinstance(err, ImageError):
             raise
