@@ -2,7 +2,8 @@
 
 Precedence, lowest first: RecBole's defaults (overall, model, dataset, model-type quick
 start) < the plugin's ``properties/overall.yaml`` < the plugin's ``properties/model/<Model>.yaml``
-< the plugin's ``properties/dataset/<dataset>.yaml`` < config files < ``config_dict`` <
+< the plugin's ``properties/dataset/<dataset>.yaml`` < ``<data_path>/<dataset>/<dataset>.yaml``
+(written by a converter beside the data) < config files < ``config_dict`` <
 command-line ``--key=value`` overrides.
 """
 from __future__ import annotations
@@ -133,6 +134,9 @@ class Config(RecBoleConfig):
             os.path.join(registry.PROPERTIES_DIR, "overall.yaml"),
             registry.model_properties_file(model),
             registry.dataset_properties_file(dataset),
+            # a converter's protocol beside the data: above the plugin's, below the user's files
+            registry.data_properties_file(self.external_config_dict.get("data_path")
+                                          or self.internal_config_dict.get("data_path") or "dataset/", dataset),
         ):
             if path:
                 self._update_internal_config_dict(path)

@@ -93,6 +93,13 @@ def dataset_properties_file(dataset_name: str) -> str | None:
     return None
 
 
+def data_properties_file(data_path: str, dataset_name: str) -> str | None:
+    """``<data_path>/<dataset>/<dataset>.yaml``: the protocol a converter wrote beside the data
+    (e.g. an image folder converted under a new name), or None."""
+    path = os.path.join(data_path, dataset_name, f"{dataset_name}.yaml")
+    return path if os.path.isfile(path) else None
+
+
 def get_trainer(model_type, model_name: str) -> type:
     """``recbole_onevision.trainer.<Model>Trainer`` if it exists, else RecBole's choice.
 

@@ -50,6 +50,40 @@ class FakeEncoder:
         return {"encoder": "fake"}
 
 
+def test_same_file_names_in_two_objects_get_distinct_ids_and_numbers_order_naturally(tmp_path):
+    """Product folders of 0.jpg, 1.jpg, ...: ids carry the object; view 10 comes after view 2."""
+    for obj in ["shoe", "boot"]:
+        for view in [0, 1, 2, 10]:
+            touch(str(tmp_path / "src" / "footwear" / obj / f"{view}.jpg"))
+    folder = image_folder.convert(str(tmp_path / "src"), str(tmp_path / "out"), "shop", query_pattern="^(2|10)$",
+                                  encoder=FakeEncoder(), show_progress=False)
+    inter = [line.rstrip("\n").split("\t") for line in open(f"{folder}/shop.inter")][1:]
+    assert [(r[2], r[3]) for r in inter] == [("boot/2", "0"), ("boot/10", "1"), ("shoe/2", "0"), ("shoe/10", "1")]
+    assert len({line.split("\t")[0] for line in open(f"{folder}/shop.view")}) == 5  # header + 4 distinct views
+
+
+def test_two_images_one_name_in_one_folder_are_refused(tmp_path):
+    touch(str(tmp_path / "cat" / "obj" / "a.jpg"))
+    touch(str(tmp_path / "cat" / "obj" / "a.png"))
+    with pytest.raises(image_folder.ImageFolderError, match="obj: a.jpg and a.png have the same name without their extension"):
+        image_folder.scan(str(tmp_path))
+
+
+def test_a_converted_folder_runs_under_its_own_name_without_config_files(tmp_path):
+    """The converter writes the protocol beside the data; the config reads it for that name."""
+    from recbole_onevision.config import Config
+
+    for obj in ["o1", "o2"]:
+        for view in range(4):
+            touch(str(tmp_path / "src" / "cat" / obj / f"{view}.jpg"))
+    image_folder.convert(str(tmp_path / "src"), str(tmp_path / "out"), "myshop", query_pattern="^[01]$",
+                         encoder=FakeEncoder(), show_progress=False)
+    config = Config("VisualKNN", "myshop", config_dict={"data_path": str(tmp_path / "out"), "state": "WARNING"})
+    assert config["empty_history_rows"] is True and config["eval_args"]["split"] == {"RS": [9, 2, 2]}
+    other = Config("VisualKNN", "myshop", config_dict={"data_path": str(tmp_path / "elsewhere"), "state": "WARNING"})
+    assert not other["empty_history_rows"]
+
+
 def test_view_pattern_keeps_only_matching_views_and_says_what_it_left_out(tmp_path, caplog):
     # ETH-80-like names <object>-<angle>-<azimuth>: queries from above, views from the side
     for obj in ["obj1", "obj2"]:
@@ -59,7 +93,7 @@ def test_view_pattern_keeps_only_matching_views_and_says_what_it_left_out(tmp_pa
     folder = image_folder.convert(str(tmp_path / "src"), str(tmp_path / "out"), "t", query_pattern="-0(00|22)-",
                                   view_pattern="-090-(000|090)", encoder=FakeEncoder(), show_progress=False)
     views = [line.split("\t")[0] for line in open(f"{folder}/t.view")][1:]
-    assert views == ["obj1-090-000", "obj1-090-090", "obj2-090-000", "obj2-090-090"]
+    assert views == ["obj1/obj1-090-000", "obj1/obj1-090-090", "obj2/obj2-090-000", "obj2/obj2-090-090"]
     # 4 queries + 4 views embedded: the left-out images are not
     assert len(open(f"{folder}/t.query").readlines()) - 1 == 4 and np.load(f"{folder}/t.view.npy").shape == (4, 8)
     assert "left out 4 images" in caplog.text  # 066-027 and 090-022 of each object
@@ -124,7 +158,8 @@ def test_real_photos_convert_and_nearest_view_finds_the_object(eth80_sample):
     assert rows[0] == ["user_id:token", "item_id:token", "query_id:token", "timestamp:float"]
     # timestamp = rank among the object's query photos: a time-ordered split holds out viewpoints
     assert [(r[0], r[3]) for r in rows[1:5]] == [
-        ("apple1-022-000", "0"), ("apple1-022-090", "1"), ("apple1-022-180", "2"), ("apple1-022-270", "3")]
+        ("apple1/apple1-022-000", "0"), ("apple1/apple1-022-090", "1"), ("apple1/apple1-022-180", "2"),
+        ("apple1/apple1-022-270", "3")]
     assert {r[3] for r in rows[1:]} == {"0", "1", "2", "3"}
 
 

@@ -15,7 +15,9 @@ photos* and which are *catalogue views* is a documented rule:
 rest are left out of the dataset (and not embedded), with their count logged. It builds a
 sparse catalogue, e.g. ETH-80's four side views ``-090-(000|090|180|270)`` (``eth80-hard``).
 
-Every object must keep at least one catalogue view. Queries have no users: each query is
+Image ids (views' and queries') are ``<object>/<file name without extension>``; files are
+taken in natural order (``2.jpg`` before ``10.jpg``). Every object must keep at least one
+catalogue view. Queries have no users: each query is
 written as its own anonymous session (``user_id`` = ``query_id``) in ``.inter``, with the
 photo's rank among its object's query photos as timestamp: with ``image-folder.yaml``'s
 time-ordered split, the last viewpoints of every object are held out.
@@ -47,13 +49,18 @@ def scan(src: str) -> list[tuple[str, str, str]]:
     records = []
     for category, cat_dir in _subfolders(src, "category"):
         for obj, obj_dir in _subfolders(cat_dir, "object"):
-            files = sorted(f for f in os.listdir(obj_dir) if not f.startswith("."))
+            files = sorted((f for f in os.listdir(obj_dir) if not f.startswith(".")), key=natural_key)
             for f in files:
                 if not f.lower().endswith(IMAGE_EXTENSIONS):
                     raise ImageFolderError(f"{os.path.join(obj_dir, f)}: not an image ({'/'.join(IMAGE_EXTENSIONS)})")
                 records.append((category, obj, os.path.join(obj_dir, f)))
             if not files:
                 raise ImageFolderError(f"{obj_dir}: no images")
+            stems = [os.path.splitext(f)[0] for f in files]
+            twins = next(([f for f, t in zip(files, stems) if t == s] for s in stems if stems.count(s) > 1), None)
+            if twins:  # a.jpg and a.png would be one image id
+                raise ImageFolderError(f"{obj_dir}: {' and '.join(twins)} have the same name without their "
+                                       "extension; image ids are <object>/<name>, so rename one")
     if not records:
         raise ImageFolderError(f"{src}: no images found (expected <category>/<object>/<view>.jpg)")
     seen = {}
@@ -61,6 +68,18 @@ def scan(src: str) -> list[tuple[str, str, str]]:
         if seen.setdefault(obj, category) != category:
             raise ImageFolderError(f"{src}: object folder name {obj!r} appears under {seen[obj]!r} and {category!r}")
     return records
+
+
+def natural_key(name: str) -> list:
+    """File names in human order: ``view2`` before ``view10`` (numbers compared as numbers), so
+    unpadded view numbers order the held-out split as they read."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def image_id(obj: str, path: str) -> str:
+    """``<object>/<file name without extension>``: unique in the dataset (object folder names
+    are, and names within a folder are), where file names alone (``0.jpg``) are not."""
+    return f"{obj}/{os.path.splitext(os.path.basename(path))[0]}"
 
 
 def _subfolders(path: str, kind: str):
@@ -144,16 +163,16 @@ def convert(src: str, out: str, name: str | None = None, query_pattern: str | No
     folder = os.path.join(out, name)
     encoder = encoder if encoder is not None and not isinstance(encoder, str) else encoder_from_spec(encoder)
     embeddings = encoder.embed_cached([p for _, _, p in records], os.path.join(folder, ".cache"), show_progress)
-    stem = lambda path: os.path.splitext(os.path.basename(path))[0]  # noqa: E731
+    ids = [image_id(obj, p) for _, obj, p in records]
     views = np.flatnonzero(is_view)
     queries = np.flatnonzero(is_query)
     path = lambda ext: os.path.join(folder, f"{name}.{ext}")  # noqa: E731
     objects = dict.fromkeys((r[1], r[0]) for r in records)
     write_atomic_file(path("item"), ["item_id:token", "category:token_seq"], ((o, [c]) for o, c in objects))
     write_atomic_file(path("view"), ["view_id:token", "item_id:token"],
-                      ((stem(records[i][2]), records[i][1]) for i in views))
+                      ((ids[i], records[i][1]) for i in views))
     write_atomic_file(path("query"), ["query_id:token", "product_id:token"],
-                      ((stem(records[i][2]), records[i][1]) for i in queries))
+                      ((ids[i], records[i][1]) for i in queries))
     # timestamp = the photo's rank among its object's query photos (file-name order), so a
     # time-ordered split holds out the same viewpoints of every object (image-folder.yaml)
     seen: dict[str, int] = {}
@@ -162,12 +181,16 @@ def convert(src: str, out: str, name: str | None = None, query_pattern: str | No
         times.append(seen.get(records[i][1], 0))
         seen[records[i][1]] = times[-1] + 1
     write_atomic_file(path("inter"), ["user_id:token", "item_id:token", "query_id:token", "timestamp:float"],
-                      ((stem(records[i][2]), records[i][1], stem(records[i][2]), t) for t, i in zip(times, queries)))
+                      ((ids[i], records[i][1], ids[i], t) for t, i in zip(times, queries)))
     for ext, rows in (("view.npy", views), ("query.npy", queries)):
         with atomic_open(path(ext), "wb") as f:
             np.save(f, embeddings[rows])
+    protocol = os.path.join(os.path.dirname(os.path.dirname(__file__)), "properties", "dataset", "image-folder.yaml")
+    with open(protocol, encoding="utf-8") as f:  # so run.py --dataset=<name> needs no --config_files
+        atomic_write_text(path("yaml"), "# Written by the image-folder converter: this dataset's protocol "
+                          "(a copy of recbole_onevision/properties/dataset/image-folder.yaml).\n" + f.read())
     write_photo_record(path("photos.json"), encoder.describe(), src,
-                       {stem(records[i][2]): records[i][2] for i in np.concatenate([views, queries])})
+                       {ids[i]: records[i][2] for i in np.concatenate([views, queries])})
     logger.info("%s: %d items, %d catalogue views, %d query photos -> %s", name, len(objects), len(views),
                 len(queries), folder)
     return folder

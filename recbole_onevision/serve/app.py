@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -101,7 +102,7 @@ def create_app(searchers: dict[str, Searcher], batching: Batching = Batching(),
         name = searcher(model)
         return hit_json(name, searchers[name].item(item_id))
 
-    @app.get("/images/{image_id}")
+    @app.get("/images/{image_id:path}")  # image-folder ids are <object>/<name>
     async def image(image_id: str, model: str | None = None):
         """A catalogue view's or query photo's image file, by its id in the dataset (only those
         the converter recorded: no other path is ever read)."""
@@ -132,7 +133,7 @@ def describe(name: str, s: Searcher) -> dict:
 
 def hit_json(name: str, hit) -> dict:
     return {"rank": hit.rank, "item": hit.item, "score": hit.score, "sid": hit.sid, "category": hit.category,
-            "images": [f"/images/{image}?model={name}" for image in hit.images]}
+            "images": [f"/images/{quote(image)}?model={quote(name)}" for image in hit.images]}
 
 
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
