@@ -107,3 +107,8 @@ def test_embedded_fixture_loads_as_a_multiview_dataset(tmp_path):
     apple = dataset.field2token_id["item_id"]["B001"]
     assert sims[dataset.view_item == apple].max() > sims[dataset.view_item != apple].max()
     assert np.allclose(dataset.query_embedding[0].numpy(), 0)  # padding: reviews without a photo
+    # the record search reads: the encoder, and every view's and photo's fetched file
+    record = json.load(open(tmp_path / "out" / "amz" / "amz.photos.json"))
+    assert record["encoder"] == {"encoder": "efficientnet-lite0", "image_size": 224, "dim": 1280}
+    assert {"B001#0", "U1@B001@1600000000000"} <= set(record["images"])
+    assert all(os.path.isfile(os.path.join(record["root"], f)) for f in record["images"].values())

@@ -159,13 +159,18 @@ def convert(meta_path: str, reviews_path: str, out: str, name: str, embed: bool 
     logger.info("%s: %d items, %d catalogue images, %d reviews, %d with a photo (query); %d further "
                 "review photos not used", name, len(items), len(views), len(reviews), len(queries), extra)
     if embed:
-        from recbole_onevision.preprocess.image_encoder import ImageEncoder
+        from recbole_onevision.preprocess.image_encoder import encoder_from_spec
+        from recbole_onevision.preprocess.image_folder import write_photo_record
 
-        encoder = encoder or ImageEncoder()
+        encoder = encoder if encoder is not None and not isinstance(encoder, str) else encoder_from_spec(encoder)
         cache = os.path.join(folder, ".images")
+        files = {}
         for ext, rows, url_col in (("view.npy", views, 3), ("query.npy", queries, 2)):
             local = [fetch(row[url_col], cache) for row in rows]
+            files.update((row[0], file) for row, file in zip(rows, local))
             matrix = encoder.embed_cached(local, os.path.join(folder, ".cache")) if local else np.zeros((0, 0))
             with atomic_open(path(ext), "wb") as f:
                 np.save(f, matrix.astype(np.float32))
+        # the encoder (search embeds new photos with it) and the fetched images (search shows them)
+        write_photo_record(path("photos.json"), encoder.describe(), cache, files)
     return folder
