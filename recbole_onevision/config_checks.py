@@ -60,9 +60,20 @@ def plugin_keys(properties_dir: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+def check_metric_names(metrics, where: str) -> None:
+    """Refused here, naming the metric: RecBole would raise NotImplementedError (a traceback)."""
+    from recbole.evaluator.register import metrics_dict
+
+    for metric in metrics if isinstance(metrics, (list, tuple)) else [metrics] if metrics else []:
+        if str(metric).lower() not in metrics_dict:
+            raise ValueError(f"{where}: config metrics: unknown metric {metric!r}; known (any case): "
+                             + ", ".join(sorted(metrics_dict)))
+
+
 def check_external(internal: dict, external: dict, sources: dict[str, str], properties_dir: str) -> None:
     """Every key a user set (``external``) is known (RecBole's, the plugin's or the model's), and
-    its value has its default's type."""
+    its value has its default's type; every metric is registered (RecBole's or the plugin's)."""
+    check_metric_names(external.get("metrics", internal.get("metrics")), sources.get("metrics", "config"))
     known = set(internal) | plugin_keys(properties_dir) | RECBOLE_OPTIONAL | set(
         general_arguments + training_arguments + evaluation_arguments + dataset_arguments)
     for key, value in external.items():
