@@ -61,7 +61,7 @@ def load_run(checkpoint: str, overrides: dict | None = None) -> LoadedRun:
         raise RunError(f"checkpoint {checkpoint}: it records no run settings (written by an earlier version, or "
                        "not by this plugin's trainers); train it again with this version")
     settings = {**saved["overrides"], "data_path": saved["data_path"], "show_progress": False,
-                "state": "WARNING", "save_dataset": False, "save_dataloaders": False, **(overrides or {})}
+                "state": "WARNING", **(overrides or {})}
     config = Config(saved["model"], saved["dataset"], config_dict=settings)
     init_seed(config["seed"], config["reproducibility"])  # the tokenizer refits seeded if its cache is gone
     dataset = create_dataset(config)
