@@ -1,0 +1,484 @@
+"""Serving benchmark: the search service end to end over loopback, one configuration at a time.
+
+    python benchmarks/serving.py --checkpoint NAME=PATH [--checkpoint NAME=PATH ...]
+        --dataset-kind images|embeddings [--requests 200] [--concurrency 1 4 16]
+        [--batch-size 1 16] [--batch-wait-ms 5] [--prune off on] [--max-seconds 60]
+        [--warmup 5] [--footprint] [--out results/serving-<dataset>-<kind>.json]
+
+Configurations: every checkpoint x every ``--batch-size`` (1: micro-batching off) x, for
+OneVision checkpoints only, every ``--prune`` setting (``on``: the service loads the run with
+``{"prune": {"enabled": True}}``, OneVision's own thresholds). All checkpoints must be runs on
+one dataset (checkpoints that record their settings: trained by this version's ``run.py``).
+
+Each configuration is its own server process, ``python -m recbole_onevision.serve --checkpoint
+NAME=PATH --port <free port> --batch-size B --batch-wait-ms T`` on 127.0.0.1 (with pruning on,
+the same ``main`` started through this file, which only adds the override to
+``Searcher.from_checkpoint``: the service has no flag for it). The benchmark waits for
+``/health`` (``--start-timeout``), sends ``--warmup`` requests one at a time (not counted), then
+for each concurrency c runs c client workers (one asyncio httpx client, keep-alive connections)
+that send ``--requests`` requests in all, or stop sending after ``--max-seconds``, whichever
+comes first; then the server is stopped. So a run is bounded: at most configurations x
+(start-timeout + warm-up + levels x (max-seconds + request-timeout)).
+
+Requests are the dataset's held-out queries: the query photos of RecBole's test split, as the
+checkpoint's own protocol builds it (in a child process before any server starts), cycled when
+``--requests`` exceeds them. ``--dataset-kind images``: each request uploads the photo's file
+bytes (multipart ``image``), so decoding, the image encoder and the model all run in the
+service (ETH-80; the dataset must have been converted with its ``<name>.photos.json``).
+``embeddings``: each request is JSON with the query photo's embedding from the dataset (MVShop,
+which has no pixels). ``--user`` (default: on for embeddings, off for images) adds the test
+row's user, so the search is personalised with that user's profile and history.
+
+Measured per configuration and concurrency: client-side latency of each request, from sending
+the bytes to holding the parsed top-k (p50/p95/p99, ms), throughput (answered requests per
+second of the level's wall time), errors (HTTP status other than 200, or no answer), short
+answers (200 with fewer than k hits: a model may retrieve fewer, e.g. OneVision's pruned
+beams), the service's own ``model_ms``/``queued_ms`` (p50) and mean ``batch``; per
+configuration: start-up time (process start to ``/health``), the server's resident memory after
+loading (VmRSS) and its peak over the whole run (VmHWM of /proc/<pid>/status), and the 1-minute
+load average before each level (the client shares the machine with the server: on a small
+machine it takes CPU from it; the load average says what else did). Writes ``--out`` (JSON:
+every figure, the machine, the commit, the arguments) and prints the tables in markdown.
+``--footprint`` also loads each checkpoint once more (in a child process, after the servers)
+and records what the run holds in memory, by module: learnt parameters, and the tensors rebuilt
+from the dataset at load (view tables, SIDs, item features).
+
+Needs the ``serve`` extra and httpx (the ``test`` extra). The commands and figures are in
+docs/serving.md ("Serving benchmark").
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import itertools
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVE_WITH_OVERRIDES = "--serve-with-overrides"  # internal: this file as the server, see serve_with_overrides
+
+
+# ----- the server side -------------------------------------------------------------------------
+def serve_with_overrides(overrides: dict, argv: list[str]) -> None:
+    """``python -m recbole_onevision.serve`` with ``overrides`` passed to every
+    ``Searcher.from_checkpoint`` (the service itself takes no inference settings)."""
+    sys.path.insert(0, ROOT)
+    from recbole_onevision.search import Searcher
+    from recbole_onevision.serve.__main__ import main
+
+    load = Searcher.from_checkpoint.__func__
+
+    def from_checkpoint(cls, checkpoint, more=None, encoder=None):
+        return load(cls, checkpoint, {**overrides, **(more or {})}, encoder)
+
+    Searcher.from_checkpoint = classmethod(from_checkpoint)
+    main(argv)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (kB) of a live process; {} once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+
+
+class Server:
+    """One configuration's service, a child process on 127.0.0.1."""
+
+    def __init__(self, name: str, checkpoint: str, batch: int, wait_ms: float, overrides: dict | None):
+        self.port = free_port()
+        serve_args = ["--checkpoint", f"{name}={checkpoint}", "--host", "127.0.0.1", "--port", str(self.port),
+                      "--batch-size", str(batch), "--batch-wait-ms", str(wait_ms)]
+        if overrides:
+            command = [sys.executable, os.path.abspath(__file__), SERVE_WITH_OVERRIDES, json.dumps(overrides),
+                       *serve_args]
+        else:
+            command = [sys.executable, "-m", "recbole_onevision.serve", *serve_args]
+        self.command = command
+        self.log = tempfile.TemporaryFile()
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, timeout: float) -> float:
+        """Seconds from process start to a 200 from /health; RuntimeError (with the log) if it
+        exits or times out first."""
+        import httpx
+
+        deadline = self.started + timeout
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"server not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+# ----- the queries -----------------------------------------------------------------------------
+def held_out_queries(checkpoints: list[str], kind: str, limit: int, with_user: bool) -> dict:
+    """(in a child process: the dataset stays out of the client) Each checkpoint's model and
+    dataset, and up to ``limit`` test-split queries of the first one's dataset, spread over the
+    split: {"runs": [{model, dataset}], "queries": [{query, user, image | embedding}],
+    "held_out": n}."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, ROOT)
+    from recbole.utils import init_seed
+
+    from recbole_onevision.compat import load_checkpoint
+    from recbole_onevision.config import Config
+    from recbole_onevision.registry import create_dataset, data_preparation
+    from recbole_onevision.search.run import catalogue_of
+
+    runs, saved = [], None
+    for path in checkpoints:
+        state = load_checkpoint(path, map_location="cpu")
+        config = state.get("config") if isinstance(state, dict) else None
+        if not isinstance(config, dict) or "overrides" not in config:
+            raise SystemExit(f"serving: {path} records no run settings (trained before checkpoints did): "
+                             "train it again with run.py")
+        runs.append({"model": config["model"], "dataset": config["dataset"]})
+        saved = saved or config
+    if len({r["dataset"] for r in runs}) > 1:
+        raise SystemExit(f"serving: one dataset per run; got {sorted({r['dataset'] for r in runs})}")
+    settings = {**saved["overrides"], "data_path": saved["data_path"], "show_progress": False, "state": "WARNING",
+                "save_dataset": False, "save_dataloaders": False}
+    config = Config(saved["model"], saved["dataset"], config_dict=settings)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    test = data_preparation(config, dataset)[2]._dataset
+    field = config["QUERY_ID_FIELD"] or "query_id"
+    queries, users = test.inter_feat[field].tolist(), test.inter_feat[dataset.uid_field].tolist()
+    rows = [n for n, q in enumerate(queries) if q]
+    tokens, user_tokens = dataset.field2id_token[field], dataset.field2id_token[dataset.uid_field]
+    images = catalogue_of(config, dataset).images if kind == "images" else {}
+    if kind == "images":
+        rows = [n for n in rows if os.path.isfile(images.get(str(tokens[queries[n]]), ""))]
+        if not rows:
+            raise SystemExit(f"serving: no test query of {saved['dataset']} has an image file: convert it again "
+                             "(the converter's <name>.photos.json records them)")
+    out = []
+    for n in rows[::max(len(rows) // limit, 1)][:limit]:
+        token = str(tokens[queries[n]])
+        query = {"query": token, "user": str(user_tokens[users[n]]) if with_user and users[n] else None}
+        if kind == "images":
+            query["image"] = images[token]
+        else:
+            query["embedding"] = dataset.query_embedding[queries[n]].tolist()
+        out.append(query)
+    return {"runs": runs, "queries": out, "held_out": len(rows)}
+
+
+def footprint(checkpoint: str) -> dict:
+    """(in a child process) What the loaded run holds: learnt parameters and the tensors
+    rebuilt from the dataset (non-persistent buffers: view tables, SIDs, item features), in MB
+    by module, and the rows of the RecBole dataset the service keeps for user histories."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, ROOT)
+    from recbole_onevision.search.run import load_run
+
+    run = load_run(checkpoint)
+    mb = lambda t: t.numel() * t.element_size() / 2 ** 20  # noqa: E731
+
+    def group(name: str) -> str:  # the module (two levels at most), or the tensor's own name at the top
+        parts = name.split(".")
+        parts = [p for p in (parts[:-1] or parts)[:2] if not p.isdigit()]
+        return ".".join(parts)
+
+    parameters, buffers, seen = {}, {}, set()
+    for name, p in run.model.named_parameters():
+        parameters[group(name)] = parameters.get(group(name), 0) + mb(p)
+    for name, b in run.model.named_buffers():
+        if b is None or b.data_ptr() in seen:
+            continue
+        seen.add(b.data_ptr())
+        buffers[name] = buffers.get(name, 0) + mb(b)
+    dataset = run.dataset
+    tokenizer = getattr(dataset, "sid_tokenizer", None)  # VRQ: photo -> SID prefix, outside the model's modules
+    vrq = None
+    if tokenizer is not None:
+        head = list(tokenizer.head.parameters()) if tokenizer.head is not None else []
+        vrq = {"codebooks": sum(map(mb, tokenizer.codebooks)), "attribute_prototypes": sum(map(mb, tokenizer.prototypes)),
+               "alignment_head": sum(map(mb, head)), "item_sid": mb(tokenizer.item_sid)}
+    rounded = lambda d: {k: round(v, 2) for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v >= 0.01}  # noqa: E731
+    return {"model": run.config["model"], "dataset": run.config["dataset"],
+            "parameters": sum(p.numel() for p in run.model.parameters()),
+            "parameter_mb": rounded(parameters), "buffer_mb": rounded(buffers), "vrq_mb": vrq and rounded(vrq),
+            "items": int(dataset.item_num) - 1, "users": int(dataset.user_num) - 1,
+            "interactions": len(dataset.inter_feat),
+            "catalogue_views": len(dataset.view_item) if getattr(dataset, "view_item", None) is not None else None}
+
+
+def payloads(queries: list[dict], kind: str, k: int) -> list[dict]:
+    """httpx keyword arguments of each request, built before any timing."""
+    out = []
+    for q in queries:
+        user = {"user": q["user"]} if q["user"] else {}
+        if kind == "images":
+            with open(q["image"], "rb") as f:
+                body = f.read()
+            out.append({"files": {"image": (os.path.basename(q["image"]), body, "application/octet-stream")},
+                        "data": {"k": str(k), **user}})
+        else:
+            out.append({"json": {"embedding": q["embedding"], "k": k, **user}})
+    return out
+
+
+# ----- the client ------------------------------------------------------------------------------
+async def load_level(url: str, requests: list[dict], n: int, concurrency: int, k: int, max_seconds: float,
+                     timeout: float) -> dict:
+    """Up to ``n`` requests from ``concurrency`` workers, none started after ``max_seconds``."""
+    import httpx
+
+    counter = itertools.count()
+    records = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        start = time.perf_counter()
+
+        async def worker():
+            while True:
+                i = next(counter)
+                if i >= n or time.perf_counter() - start > max_seconds:
+                    return
+                sent = time.perf_counter()
+                record = {"status": None}
+                try:
+                    response = await client.post("/search", **requests[i % len(requests)])
+                    record["status"] = response.status_code
+                    if response.status_code == 200:
+                        answer = response.json()
+                        record.update(hits=len(answer["hits"]), batch=answer["batch"],
+                                      model_ms=answer["model_ms"], queued_ms=answer["queued_ms"])
+                    else:
+                        record["error"] = response.text[:300]
+                except httpx.HTTPError as err:
+                    record["error"] = f"{type(err).__name__}: {err}"[:300]
+                record["ms"] = 1e3 * (time.perf_counter() - sent)
+                records.append(record)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return summarise(records, wall, concurrency, k)
+
+
+def summarise(records: list[dict], wall: float, concurrency: int, k: int) -> dict:
+    ok = [r for r in records if r["status"] == 200]
+    errors = [r for r in records if r["status"] != 200]
+    latency = np.array([r["ms"] for r in ok]) if ok else np.array([np.nan])
+    pct = lambda values, p: round(float(np.percentile(values, p)), 2) if len(values) else None  # noqa: E731
+    return {"concurrency": concurrency, "requests": len(records), "answered": len(ok), "errors": len(errors),
+            "first_errors": sorted({str(r.get("error") or r["status"]) for r in errors})[:3],
+            "short": sum(r["hits"] < k for r in ok),
+            "mean_hits": round(float(np.mean([r["hits"] for r in ok])), 2) if ok else None, "wall_s": round(wall, 3),
+            "throughput_rps": round(len(ok) / wall, 2) if wall > 0 else None,
+            "latency_ms": {"p50": pct(latency, 50), "p95": pct(latency, 95), "p99": pct(latency, 99),
+                           "mean": round(float(latency.mean()), 2), "max": round(float(latency.max()), 2)},
+            "model_ms_p50": pct([r["model_ms"] for r in ok], 50),
+            "queued_ms_p50": pct([r["queued_ms"] for r in ok], 50),
+            "mean_batch": round(float(np.mean([r["batch"] for r in ok])), 2) if ok else None}
+
+
+def configurations(args, runs: list[dict]) -> list[dict]:
+    out = []
+    for (name, path), run in zip(args.checkpoint, runs):
+        prunes = args.prune if run["model"] == "OneVision" else ["off"]
+        for prune, batch in itertools.product(prunes, args.batch_size):
+            label = name + (", prune on" if prune == "on" else "") + (
+                ", no batching" if batch == 1 else f", batch {batch}/{args.batch_wait_ms:g} ms")
+            out.append({"name": label, "served_as": name, "checkpoint": path, "model": run["model"],
+                        "dataset": run["dataset"], "prune": prune if run["model"] == "OneVision" else None,
+                        "batch_size": batch, "batch_wait_ms": args.batch_wait_ms,
+                        "overrides": {"prune": {"enabled": True}} if prune == "on" else None})
+    return out
+
+
+def measure(config: dict, requests: list[dict], args) -> dict:
+    server = Server(config["served_as"], config["checkpoint"], config["batch_size"], config["batch_wait_ms"],
+                    config["overrides"])
+    result = {**{k: v for k, v in config.items() if k != "overrides"}, "command": server.command[1:]}
+    try:
+        result["startup_s"] = round(server.wait_healthy(args.start_timeout), 2)
+        loaded = memory_kb(server.process.pid)
+        result["rss_loaded_mb"] = round(loaded.get("VmRSS", 0) / 1024, 1)
+        result["levels"] = []
+        warm = asyncio.run(load_level(server.url, requests, args.warmup, 1, args.k, args.max_seconds,
+                                      args.request_timeout)) if args.warmup else None
+        result["warmup_errors"] = warm["errors"] if warm else 0
+        for concurrency in args.concurrency:
+            load = os.getloadavg()[0]
+            level = asyncio.run(load_level(server.url, requests, args.requests, concurrency, args.k,
+                                           args.max_seconds, args.request_timeout))
+            level["load_avg_1min_before"] = round(load, 2)
+            result["levels"].append(level)
+            print(f"  {config['name']}: c={concurrency} {level['answered']}/{level['requests']} answered, "
+                  f"p50 {level['latency_ms']['p50']} ms, {level['throughput_rps']} req/s", flush=True)
+        result["peak_rss_mb"] = round(memory_kb(server.process.pid).get("VmHWM", 0) / 1024, 1)
+        if server.process.poll() is not None:
+            result["failed"] = f"server exited with {server.process.returncode}:\n{server.log_tail()}"
+    except RuntimeError as err:
+        result["failed"] = str(err)
+        print(f"  {config['name']}: FAILED: {str(err)[:2000]}", flush=True)
+    finally:
+        server.stop()
+    return result
+
+
+# ----- report ----------------------------------------------------------------------------------
+def markdown(report: dict) -> str:
+    lines = ["| configuration | concurrency | requests | errors | short (mean hits) | p50 (ms) | p95 (ms) | p99 (ms) | "
+             "req/s | mean batch | model ms p50 | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in report["configurations"]:
+        for lv in c.get("levels", []):
+            ms = lv["latency_ms"]
+            lines.append(f"| {c['name']} | {lv['concurrency']} | {lv['requests']} | {lv['errors']} | {lv['short']} ({lv['mean_hits']}) | "
+                         f"{ms['p50']} | {ms['p95']} | {ms['p99']} | {lv['throughput_rps']} | {lv['mean_batch']} | "
+                         f"{lv['model_ms_p50']} | {lv['load_avg_1min_before']} |")
+    lines += ["", "| configuration | start-up (s) | RSS after loading (MB) | peak RSS (MB) |", "|---|---|---|---|"]
+    for c in report["configurations"]:
+        if "failed" in c and "levels" not in c:
+            lines.append(f"| {c['name']} | failed | | |")
+        else:
+            lines.append(f"| {c['name']} | {c.get('startup_s')} | {c.get('rss_loaded_mb')} | {c.get('peak_rss_mb')} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "commit": commit}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH",
+                        help="a trained run (repeat; all on one dataset)")
+    parser.add_argument("--dataset-kind", choices=("images", "embeddings"), required=True,
+                        help="images: upload the test photos' files; embeddings: send their embeddings as JSON")
+    parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level (default 200)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1, 16],
+                        help="the service's micro-batch sizes to try (1: off; default 1 16)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--prune", choices=("off", "on"), nargs="+", default=["off", "on"],
+                        help="OneVision's pruning settings to try (default off on)")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--user", action=argparse.BooleanOptionalAction, default=None,
+                        help="send the test row's user (default: yes for embeddings, no for images)")
+    parser.add_argument("--warmup", type=int, default=5, help="uncounted requests after start-up (default 5)")
+    parser.add_argument("--max-seconds", type=float, default=60.0,
+                        help="no request is started after this many seconds of a level (default 60)")
+    parser.add_argument("--request-timeout", type=float, default=60.0)
+    parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for /health")
+    parser.add_argument("--footprint", action="store_true",
+                        help="also load each checkpoint once (child process) and record what it holds, by module")
+    parser.add_argument("--out", default=None, help="JSON file (default results/serving-<dataset>-<kind>.json)")
+    args = parser.parse_args(argv)
+    pairs = []
+    for spec in args.checkpoint:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--checkpoint {spec!r}: expected NAME=PATH")
+        if not os.path.isfile(path):
+            parser.error(f"--checkpoint {spec!r}: no such file {path}")
+        pairs.append((name, path))
+    args.checkpoint = pairs
+    if any(n < 1 for n in [args.requests, *args.concurrency, *args.batch_size]) or args.warmup < 0:
+        parser.error("--requests, --concurrency and --batch-size take positive integers")
+    if args.user is None:
+        args.user = args.dataset_kind == "embeddings"
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    began = time.perf_counter()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        prepared = pool.submit(held_out_queries, [p for _, p in args.checkpoint], args.dataset_kind,
+                               args.requests, args.user).result()
+    dataset = prepared["runs"][0]["dataset"]
+    queries = prepared["queries"]
+    print(f"{dataset}: {len(queries)} of {prepared['held_out']} test queries ({args.dataset_kind}), "
+          f"prepared in {time.perf_counter() - began:.0f} s", flush=True)
+    requests = payloads(queries, args.dataset_kind, args.k)
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "dataset": dataset, "dataset_kind": args.dataset_kind,
+              "queries": len(queries), "held_out_queries": prepared["held_out"], "with_user": args.user,
+              "arguments": {k: v for k, v in vars(args).items()}, "configurations": []}
+    for config in configurations(args, prepared["runs"]):
+        print(f"{config['name']} ({config['checkpoint']})", flush=True)
+        report["configurations"].append(measure(config, requests, args))
+    if args.footprint:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            report["footprint"] = {name: pool.submit(footprint, path).result() for name, path in args.checkpoint}
+    report["total_s"] = round(time.perf_counter() - began, 1)
+    out = args.out or os.path.join(ROOT, "results", f"serving-{dataset}-{args.dataset_kind}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    print()
+    print(markdown(report))
+    for name, f in report.get("footprint", {}).items():
+        print(f"\n{name} ({f['model']} on {f['dataset']}): {f['parameters']:,} parameters; parameters MB by module "
+              f"{f['parameter_mb']}; rebuilt from the dataset (buffers) MB {f['buffer_mb']}; VRQ tokenizer MB {f['vrq_mb']}")
+    print(f"\n{report['machine']['cpu']}, {report['machine']['cores']} cores, commit {report['machine']['commit']}, "
+          f"{report['date']}; {report['total_s']} s in all; written to {out}")
+    return report
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == SERVE_WITH_OVERRIDES:
+        serve_with_overrides(json.loads(sys.argv[2]), sys.argv[3:])
+    else:
+        main()
