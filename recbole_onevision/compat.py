@@ -108,6 +108,9 @@ def load_checkpoint(path: str, map_location=None) -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint file not found: {path}") from None
+    except (OSError, RuntimeError, EOFError) as err:  # torch's zip reader on a cut file
+        raise ValueError(f"{path}: not a readable checkpoint ({err}); it may be truncated or not a "
+                         "checkpoint at all") from None
     except Exception as err:  # torch raises UnpicklingError subclasses that vary by version
         if "weights_only" not in str(err) and "Unsupported global" not in str(err):
             raise

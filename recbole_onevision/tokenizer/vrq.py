@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -204,15 +205,23 @@ class VRQTokenizer:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
             meta = json.loads(str(arrays["meta"]))
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"VRQ cache {path} is unreadable ({err}); delete it to refit") from None
-        sid = arrays["sid"]
+            sid = arrays["sid"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # .npz is a zip archive
+            raise ValueError(f"VRQ cache {path} is unreadable ({type(err).__name__}: {err}); delete it to refit") from None
+        try:
+            return self._restore(path, key, inputs, arrays, meta, sid)
+        except (KeyError, ValueError, RuntimeError, AttributeError, TypeError) as err:
+            if isinstance(err, ValueError) and str(err).startswith("VRQ cache"):
+                raise
+            raise ValueError(f"VRQ cache {path} is incomplete ({type(err).__name__}: {err}); delete it to refit") from None
+
+    def _restore(self, path: str, key: str, inputs: TokenizerInputs, arrays: dict, meta: dict, sid: np.ndarray):
         p = self.params
         if meta.get("key") != key or sid.shape != (inputs.item_num, p.levels + 1):
             raise ValueError(f"VRQ cache {path} does not match this config/dataset (key {meta.get('key')}, "
                              f"SIDs {sid.shape}); delete it to refit")
         if collision_stats(sid[1:])[0] != 1.0:
-            raise ValueError(f"VRQ cache {path}: SIDs are not unique; delete it to refit")
+            raise ValueError(f"VRQ cache {path} has SIDs that are not unique; delete it to refit")
         self.item_sid = torch.from_numpy(sid)
         self.field_weights = arrays["field_weights"].tolist()
         self.visual_width = meta["visual_width"]
