@@ -79,6 +79,18 @@ class Config(RecBoleConfig):
     def compatibility_settings(self):
         install_numpy_aliases()
 
+    def _init_device(self):
+        if "local_rank" not in self.final_config_dict:  # one process: RecBole's own choice
+            return super()._init_device()
+        where = self._sources.get("local_rank", "config_dict")
+        if where != "config_dict":  # only the process starter (run(), RecBole's run_recboles) passes it
+            raise ValueError(f"{where}: config local_rank is given to each process run.py starts (nproc); "
+                             "leave it unset")
+        # one of several processes: RecBole's init knows NCCL on GPUs only; this adds gloo on CPUs
+        from recbole_onevision.distributed import join_group
+
+        join_group(self.final_config_dict)
+
     def _load_cmd_line(self):
         overrides = {}
         for arg in self._cmd_args:

@@ -22,6 +22,7 @@ from recbole.evaluator.metrics import NDCG, Hit
 from recbole.utils import EvaluatorType, FeatureSource, FeatureType
 
 from recbole_onevision.compat import install_numpy_aliases
+from recbole_onevision.distributed import gather_rows
 
 install_numpy_aliases()  # RecBole's NDCG, reused below, still says np.float
 ORDER, CLICK = 2, 1  # behaviour codes in the collected "mv.behaviour"
@@ -144,7 +145,10 @@ def check_dataset(config, dataset) -> None:
 
 
 class MultiViewCollector(Collector):
-    """RecBole's collector, plus the per-row data the metrics above need."""
+    """RecBole's collector, plus the per-row data the metrics above need. With several processes
+    (``shard``: the evaluated loader's sampler), every process's rows are gathered."""
+
+    shard = None
 
     def attach(self, dataset) -> None:
         """Read what the requested metrics need from the dataset being evaluated."""
@@ -194,6 +198,8 @@ class MultiViewCollector(Collector):
         for key in ("mv.product_known", "mv.product_hit", "mv.same_leaf", "mv.behaviour"):  # per evaluation
             if key in self.data_struct:
                 del self.data_struct[key]
+        if self.shard is not None:
+            struct = gather_rows(struct, self.shard)
         return struct
 
 

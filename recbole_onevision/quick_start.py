@@ -18,6 +18,7 @@ import torch
 
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
+from recbole_onevision import distributed
 from recbole_onevision.compat import load_checkpoint
 from recbole_onevision.config import Config
 from recbole_onevision.config_checks import check_topk
@@ -99,8 +100,9 @@ def result_summary(result: dict) -> str:
     """What a run ends with: the valid/test table, where the results went and, after training,
     the command that evaluates the best checkpoint again without training."""
     table = result_table({"valid": result["best_valid_result"], "test": result["test_result"]})
+    processes = f" in {result['processes']} processes" if result.get("processes", 1) > 1 else ""
     lines = [set_color("results", "yellow") + f" ({result['model']} on {result['dataset']}, "
-             f"trained {result['train_seconds']:.0f}s)", table, f"results saved to {result['results_file']}"]
+             f"trained {result['train_seconds']:.0f}s{processes})", table, f"results saved to {result['results_file']}"]
     if result["checkpoint"] and not result["evaluated_only"]:
         args = result["run_args"] + [f"--checkpoint={result['checkpoint']}"]
         lines += [f"best checkpoint: {result['checkpoint']}",
@@ -157,10 +159,45 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     """Build config, data, model and trainer; train; test on the best validation checkpoint.
 
     With ``checkpoint`` (a file this plugin's trainers wrote) nothing is trained: the
-    checkpoint is evaluated on the validation and test splits.
+    checkpoint is evaluated on the validation and test splits. With ``nproc`` > 1 (or a
+    ``world_size``) the work is shared by that many processes (:mod:`recbole_onevision.distributed`).
     Returns RecBole's result dict plus ``train_seconds``, ``config`` and ``results_file``.
     """
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    args = run_args(config, config_file_list, config_dict, cmd_args)
+    spec = distributed.processes(config)
+    if spec is None:
+        return _run(config, args, saved, checkpoint)
+    # bad settings and missing data stop the run here, once; data is generated once, not by each process
+    if hasattr(config.model_class, "check_config"):
+        config.model_class.check_config(config)
+    mvshop.ensure_for(config)
+    check_dataset_files(config)
+    # resolved here (a free port), so every process gets the same: command-line values would win over them
+    cmd_args = [a for a in cmd_args or [] if a[2:].partition("=")[0] not in distributed.KEYS]
+    result = distributed.spawn(_run_process, spec, (model, dataset, config_file_list, config_dict, cmd_args,
+                                                    saved, checkpoint, args))
+    result["config"] = config
+    return result
+
+
+def _run_process(rank, queue, spec, model, dataset, config_file_list, config_dict, cmd_args, saved, checkpoint,
+                 args):
+    """One of several processes (:func:`distributed.spawn`); local rank 0 hands its result back."""
+    config = Config(model, dataset, config_file_list, {**(config_dict or {}), **spec, "local_rank": rank}, cmd_args)
+    try:
+        result = _run(config, args, saved, checkpoint)
+    except (ValueError, KeyError, FileNotFoundError) as err:  # bad input: the parent raises it as one process would
+        queue.put(err)
+        raise
+    finally:
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        del result["config"]  # the parent has its own; this one holds the process's device
+        queue.put(result)
+
+
+def _run(config, args: list[str], saved: bool, checkpoint: str | None) -> dict:
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -171,11 +208,14 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
     mvshop.ensure_for(config)
     check_dataset_files(config)
 
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    check_topk(config, dataset)  # before the tokenizer is fitted on the split
-    check_metric_fields(config, dataset)  # before training, not after the first epoch
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    with distributed.first_process_first(config):  # the SIDs fitted (data_preparation) and cached once
+        dataset = create_dataset(config)
+        logger.info(dataset)
+        check_topk(config, dataset)  # before the tokenizer is fitted on the split
+        check_metric_fields(config, dataset)  # before training, not after the first epoch
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+    if distributed.several(config) and getattr(dataset, "item_sid", None) is not None:
+        distributed.same_on_every_rank(dataset.item_sid, "the fitted SIDs")
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     # the class Config resolved; looking it up again would reset ``detect_anomaly``
@@ -201,7 +241,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         test_result = trainer.evaluate(
             test_data, load_best_model=saved, show_progress=config["show_progress"]
         )
-    latency = single_query_latency(trainer.model, test_data, int(config["latency_queries"] or 0))
+    writes = distributed.writes_files(config)
+    latency = single_query_latency(trainer.model, test_data, int(config["latency_queries"] or 0) if writes else 0)
     logger.info("The running environment of this training is as follows:\n"
                 + get_environment(config).draw())
 
@@ -219,9 +260,11 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_a
         "evaluated_only": bool(checkpoint),
         "latency_ms": latency,
         "peak_rss_gb": peak_rss_gb(),
-        "run_args": run_args(config, config_file_list, config_dict, cmd_args),
+        "run_args": args,
+        "processes": config["world_size"] if distributed.several(config) else 1,
     }
-    atomic_write_text(results_file, json.dumps(result, indent=2, default=float) + "\n")
+    if writes:
+        atomic_write_text(results_file, json.dumps(result, indent=2, default=float) + "\n")
     result["results_file"] = results_file
     result["config"] = config
 

@@ -116,15 +116,20 @@ def get_trainer(model_type, model_name: str) -> type:
 
 
 def with_plugin_mixins(trainer_class: type) -> type:
-    """``trainer_class`` with the multi-view evaluation and safe-checkpoint mixins, in one
-    subclass (idempotent; classes that are not RecBole ``Trainer``s come back unchanged)."""
+    """``trainer_class`` with the multi-view evaluation, several-process and safe-checkpoint
+    mixins, in one subclass (idempotent; classes that are not RecBole ``Trainer``s come back
+    unchanged)."""
     from recbole.trainer import Trainer
 
+    from recbole_onevision.distributed import DistributedTrainerMixin
     from recbole_onevision.metrics import MultiViewEvaluationMixin
 
     if not issubclass(trainer_class, Trainer) or issubclass(trainer_class, MultiViewEvaluationMixin):
         return trainer_class
-    mixins = (MultiViewEvaluationMixin,) + (() if issubclass(trainer_class, SafeCheckpointMixin) else (SafeCheckpointMixin,))
+    # in this order: the distributed mixin syncs after the safe checkpoint is written, and names
+    # the checkpoints after SafeCheckpointMixin has
+    mixins = (MultiViewEvaluationMixin, DistributedTrainerMixin) + (
+        () if issubclass(trainer_class, SafeCheckpointMixin) else (SafeCheckpointMixin,))
     return type(trainer_class.__name__, mixins + (trainer_class,), {
         "__module__": __name__, "__doc__": trainer_class.__doc__})
 

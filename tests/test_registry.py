@@ -57,12 +57,13 @@ def test_resolves_recbole_model():
     assert registry.get_model("SASRec") is SASRec
     from recbole.trainer import Trainer
 
+    from recbole_onevision.distributed import DistributedTrainerMixin
     from recbole_onevision.metrics import MultiViewCollector, MultiViewEvaluationMixin
 
     trainer = registry.get_trainer(ModelType.SEQUENTIAL, "SASRec")
-    assert trainer.__mro__[1:4] == (MultiViewEvaluationMixin, SafeCheckpointMixin, Trainer)  # one subclass
-    assert registry.get_trainer(ModelType.SEQUENTIAL, "OneVision").__mro__[1:3] == (
-        MultiViewEvaluationMixin, SafeCheckpointMixin)
+    mixins = (MultiViewEvaluationMixin, DistributedTrainerMixin, SafeCheckpointMixin)
+    assert trainer.__mro__[1:5] == (*mixins, Trainer)  # one subclass
+    assert registry.get_trainer(ModelType.SEQUENTIAL, "OneVision").__mro__[1:4] == mixins
     assert issubclass(MultiViewCollector, __import__("recbole").evaluator.Collector)
 
 
