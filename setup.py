@@ -20,7 +20,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["recbole_onevision", "recbole_onevision.*"]),
-    package_data={"recbole_onevision": ["properties/*.yaml", "properties/*/*.yaml"]},
+    package_data={"recbole_onevision": ["properties/*.yaml", "properties/*/*.yaml", "serve/page.html"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # tests: the service's client (httpx), the page's browser driver (Debian's chromium), faiss
