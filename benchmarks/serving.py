@@ -35,7 +35,8 @@ second of the level's wall time), errors (HTTP status other than 200, or no answ
 answers (200 with fewer than k hits: a model may retrieve fewer, e.g. OneVision's pruned
 beams), the service's own ``model_ms``/``queued_ms`` (p50) and mean ``batch``; per
 configuration: start-up time (process start to ``/health``), the server's resident memory after
-loading (VmRSS) and its peak over the whole run (VmHWM of /proc/<pid>/status), and the 1-minute
+loading (VmRSS), its peak while loading and over the whole run (VmHWM of /proc/<pid>/status,
+read after ``/health`` and at the end), and the 1-minute
 load average before each level (the client shares the machine with the server: on a small
 machine it takes CPU from it; the load average says what else did). Writes ``--out`` (JSON:
 every figure, the machine, the commit, the arguments) and prints the tables in markdown.
@@ -342,6 +343,7 @@ def measure(config: dict, requests: list[dict], args) -> dict:
         result["startup_s"] = round(server.wait_healthy(args.start_timeout), 2)
         loaded = memory_kb(server.process.pid)
         result["rss_loaded_mb"] = round(loaded.get("VmRSS", 0) / 1024, 1)
+        result["peak_rss_loading_mb"] = round(loaded.get("VmHWM", 0) / 1024, 1)
         result["levels"] = []
         warm = asyncio.run(load_level(server.url, requests, args.warmup, 1, args.k, args.max_seconds,
                                       args.request_timeout)) if args.warmup else None
@@ -375,12 +377,14 @@ def markdown(report: dict) -> str:
             lines.append(f"| {c['name']} | {lv['concurrency']} | {lv['requests']} | {lv['errors']} | {lv['short']} ({lv['mean_hits']}) | "
                          f"{ms['p50']} | {ms['p95']} | {ms['p99']} | {lv['throughput_rps']} | {lv['mean_batch']} | "
                          f"{lv['model_ms_p50']} | {lv['load_avg_1min_before']} |")
-    lines += ["", "| configuration | start-up (s) | RSS after loading (MB) | peak RSS (MB) |", "|---|---|---|---|"]
+    lines += ["", "| configuration | start-up (s) | RSS after loading (MB) | peak RSS while loading (MB) | peak RSS (MB) |",
+              "|---|---|---|---|---|"]
     for c in report["configurations"]:
         if "failed" in c and "levels" not in c:
-            lines.append(f"| {c['name']} | failed | | |")
+            lines.append(f"| {c['name']} | failed | | | |")
         else:
-            lines.append(f"| {c['name']} | {c.get('startup_s')} | {c.get('rss_loaded_mb')} | {c.get('peak_rss_mb')} |")
+            lines.append(f"| {c['name']} | {c.get('startup_s')} | {c.get('rss_loaded_mb')} | "
+                         f"{c.get('peak_rss_loading_mb', '')} | {c.get('peak_rss_mb')} |")
     return "\n".join(lines)
 
 
