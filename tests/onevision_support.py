@@ -67,7 +67,8 @@ def tinyshop(tiny_root, tmp_path) -> tuple[list[str], list[str]]:
     regenerate a folder called mvshop-mini at the real scale): (its protocol file, overrides)."""
     (tmp_path / "tinyshop").mkdir()
     for f in (tiny_root / "mvshop-mini").iterdir():
-        shutil.copy(f, tmp_path / "tinyshop" / f.name.replace("mvshop-mini", "tinyshop"))
+        if f.is_file():  # not caches other tests left beside the data (.cache/)
+            shutil.copy(f, tmp_path / "tinyshop" / f.name.replace("mvshop-mini", "tinyshop"))
     return [dataset_properties_file("mvshop-mini")], [
         f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path}", "--show_progress=False", "--state=WARNING",
         "--vrq_align_steps=100"]
