@@ -162,7 +162,7 @@ def convert(meta_path: str, reviews_path: str, out: str, name: str, embed: bool 
         from recbole_onevision.preprocess.image_encoder import encoder_from_spec
         from recbole_onevision.preprocess.image_folder import write_photo_record
 
-        encoder = encoder if encoder is not None and not isinstance(encoder, str) else encoder_from_spec(encoder)
+        encoder = encoder_from_spec(encoder)
         cache = os.path.join(folder, ".images")
         files = {}
         for ext, rows, url_col in (("view.npy", views, 3), ("query.npy", queries, 2)):

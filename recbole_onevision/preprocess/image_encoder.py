@@ -164,6 +164,9 @@ class CallableEncoder(PhotoEncoder):
         return out
 
 
-def encoder_from_spec(spec: str | None) -> PhotoEncoder:
-    """:class:`ImageEncoder` for ``efficientnet-lite0`` (or None), else a :class:`CallableEncoder`."""
+def encoder_from_spec(spec) -> PhotoEncoder:
+    """:class:`ImageEncoder` for ``efficientnet-lite0`` (or None), a :class:`CallableEncoder` for
+    another name; an encoder object (a converter's caller may pass one) is used as it is."""
+    if spec is not None and not isinstance(spec, str):
+        return spec
     return ImageEncoder() if spec in (None, DEFAULT) else CallableEncoder(spec)
