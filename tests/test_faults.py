@@ -1,4 +1,4 @@
-"""Real kills: a run killed during the tokenizer fit or during a training stage, then rerun (or
+"""Real kills: a run killed during the tokenizer fit, during SFT or during DPO, then rerun (or
 resumed from its last stage checkpoint), ends where an uninterrupted run ends."""
 import glob
 import json
@@ -11,7 +11,7 @@ import numpy as np
 
 from onevision_support import REPO, tinyshop
 
-STAGES = "--stages={'pretrain': {'epochs': 2}, 'sft': {'epochs': 3}}"
+STAGES = "--stages={'pretrain': {'epochs': 2}, 'sft': {'epochs': 3}, 'dpo': {'epochs': 2}}"
 
 
 def start(args, log):
@@ -40,7 +40,7 @@ def args_value(args, key):
     return next(a.split("=", 1)[1] for a in args if a.startswith(f"--{key}="))
 
 
-def test_killed_during_the_tokenizer_fit_and_during_sft_then_resumed_equals_an_uninterrupted_run(tiny_root, tmp_path):
+def test_killed_during_the_fit_during_sft_and_during_dpo_then_resumed_equals_an_uninterrupted_run(tiny_root, tmp_path):
     protocol, common = tinyshop(tiny_root, tmp_path)
     # each run its own checkpoint folder; INFO logs say when to kill
     common = [a for a in common if not a.startswith(("--checkpoint_dir=", "--state="))] + ["--state=INFO"]
@@ -61,7 +61,18 @@ def test_killed_during_the_tokenizer_fit_and_during_sft_then_resumed_equals_an_u
     pretrain = glob.glob(str(tmp_path / "killed" / "*-pretrain.pth"))
     assert len(pretrain) == 1 and not glob.glob(str(tmp_path / "killed" / "*.json"))
     assert not [n for n in os.listdir(cache) if n.endswith(".tmp")]  # no half-written cache
-    # 3. resumed from it, with the stages as before: pretraining is skipped, SFT trained again
-    resumed = finish([*killed, f"--start_checkpoint={pretrain[0]}"], tmp_path / "resumed.log")
-    assert "skipping stage 'pretrain'" in open(tmp_path / "resumed.log").read()
+    # 3. resumed from it, with the stages as before (pretraining skipped, SFT trained again), and
+    #    killed again during DPO, after SFT's checkpoint is on disk (each resume its own folder)
+    again = [*base, f"--checkpoint_dir={tmp_path / 'again'}", f"--start_checkpoint={pretrain[0]}"]
+    child = start(again, tmp_path / "dpo.log")
+    kill_when(child, lambda: "stage dpo" in open(tmp_path / "dpo.log").read())
+    assert "skipping stage 'pretrain'" in open(tmp_path / "dpo.log").read()
+    sft = glob.glob(str(tmp_path / "again" / "*-sft.pth"))
+    assert len(sft) == 1 and not glob.glob(str(tmp_path / "again" / "*.json"))
+    # 4. resumed from SFT's checkpoint: both earlier stages skipped, DPO trained again, and the
+    #    test metrics are the uninterrupted run's
+    last = [*base, f"--checkpoint_dir={tmp_path / 'last'}", f"--start_checkpoint={sft[0]}"]
+    resumed = finish(last, tmp_path / "resumed.log")
+    log = open(tmp_path / "resumed.log").read()
+    assert "skipping stage 'pretrain'" in log and "skipping stage 'sft'" in log
     np.testing.assert_allclose([resumed[k] for k in sorted(whole)], [whole[k] for k in sorted(whole)], atol=1e-4)
