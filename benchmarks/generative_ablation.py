@@ -5,7 +5,8 @@
 
 The checkpoint is evaluated on the test split through RecBole's evaluator as trained (decoder +
 visual bias), with the visual bias's scale set to 0 (the decoder alone), with the decoder's
-logits set to 0 (the visual bias alone, still under the SID trie) and with the user's profile
+logits set to 0 (the visual bias alone, still under the SID trie; with ``item_attributes`` their
+output logits too) and with the user's profile
 and history removed (the photo alone). ``--no_bias_checkpoint`` adds a model trained without the
 bias. Run with the overrides the checkpoints
 were trained with, so the same SIDs are rebuilt (they come from the VRQ cache).
@@ -50,10 +51,16 @@ def bias_alone(model):
         return torch.zeros_like(logits)
 
     decoder.level_logits = zero
+    attributes = model.inputs.attributes  # its output logits are the decoder's too
+    if attributes is not None:
+        attributes.logits = lambda states, level, children, nodes=None: torch.zeros(children.shape,
+                                                                                   device=children.device)
     try:
         yield
     finally:
         del decoder.level_logits
+        if attributes is not None:
+            del attributes.logits
 
 
 @contextlib.contextmanager

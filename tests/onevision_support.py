@@ -90,6 +90,8 @@ def full_decoder_log_probs(model, batch, items: torch.Tensor) -> tuple[torch.Ten
     for level in range(codes.levels):
         child = model.trie.step(level, parent)
         logits = model.sid_decoder.level_logits(states[:, level], level, codes)
+        if model.inputs.attributes is not None:
+            logits = logits + model.inputs.attributes.logits(states[:, level], level, child)
         if similarity is not None:
             logits = logits + model.visual_bias.of_children(similarity[level][rows], level, child)  # rows copied
         logp = torch.log_softmax(logits.masked_fill(child < 0, -1e9), -1)

@@ -77,7 +77,7 @@ def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path)
     prior = model.path_similarity(Interaction({k: v[rows] for k, v in batch.interaction.items()}), best)
     memory, mask = model.inputs(batch, model.codes)
     trained, _ = model.sid_decoder.log_likelihood(memory[rows], mask[rows], best, model.codes, prior,
-                                                  model.visual_bias)
+                                                  model.visual_bias, model.inputs.attributes)
     assert torch.allclose(trained, unmasked, atol=1e-4)
     # an anonymous query with no photo still decodes real items
     batch.interaction["query_id"] = torch.zeros_like(batch["query_id"])

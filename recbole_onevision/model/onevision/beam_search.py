@@ -79,6 +79,8 @@ def constrained_log_probs(model, states, level: int, child, rows, similarity) ->
     codes that continue a real SID only (``child``: :meth:`SIDTrie.step` rows; others -inf);
     ``rows``: each beam's query row (for the photo's ``similarity``)."""
     logits = model.sid_decoder.level_logits(states, level, model.codes)
+    if model.inputs.attributes is not None:
+        logits = logits + model.inputs.attributes.logits(states, level, child)
     if similarity is not None:
         logits = logits + model.visual_bias.of_children(similarity[level], level, child, rows)
     logits = logits.masked_fill(child < 0, -1e9)

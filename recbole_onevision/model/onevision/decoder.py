@@ -34,17 +34,21 @@ class SIDDecoder(nn.Module):
         rows = codes.level_rows(level)  # this level's output rows only
         return F.linear(states, self.output.weight[rows], self.output.bias[rows])
 
-    def log_likelihood(self, memory, mask, items: torch.Tensor, codes: SIDCodes, prior=None, bias=None):
+    def log_likelihood(self, memory, mask, items: torch.Tensor, codes: SIDCodes, prior=None, bias=None,
+                       attributes=None):
         """Teacher forcing: (rows, levels) log-probabilities of each level of ``items``' SIDs over
         the level's whole codebook, and the decoder's states at BOS (rows, d_model). ``prior``:
         per level, the rows' visual similarity along ``items``' SIDs (:meth:`VisualBias.along`),
-        added through ``bias`` (the :class:`VisualBias`); None without it."""
+        added through ``bias`` (the :class:`VisualBias`); None without it. ``attributes``: the
+        :class:`ItemAttributes` whose logits each level adds, or None."""
         targets = codes.item_tokens[items]
         bos = torch.full((len(items), 1), codes.bos_token, device=items.device)
         states = self(memory, mask, torch.cat([bos, targets[:, :-1]], 1), codes)
         out = []
         for level in range(codes.levels):
             logits = self.level_logits(states[:, level], level, codes)
+            if attributes is not None:
+                logits = logits + attributes.along(states[:, level], level, items)
             if prior is not None:
                 logits = logits + bias.scaled(prior[level], level)
             logp = torch.log_softmax(logits, -1)

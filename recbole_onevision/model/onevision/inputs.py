@@ -26,9 +26,10 @@ CLS, VISUAL, PREFIX, PROFILE, HISTORY = range(5)  # segment ids of encoder token
 
 class EncoderInputs(nn.Module):
     def __init__(self, params: OneVisionParams, dataset, codes: SIDCodes, fields: dict[str, str | None],
-                 max_seq_length: int):
+                 max_seq_length: int, attributes: nn.Module | None = None):
         """``fields``: the interaction fields read (item_seq, item_seq_len, query, behaviour; the
-        last two may be None)."""
+        last two may be None); ``attributes``: the :class:`ItemAttributes` added to history
+        items (the decoder's output reads them too), or None."""
         super().__init__()
         d = params.d_model
         self.params, self.fields, self.max_seq_length = params, fields, max_seq_length
@@ -51,6 +52,7 @@ class EncoderInputs(nn.Module):
                                norm_first=True),
             params.layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
         self.input_dropout = nn.Dropout(params.encoder_dropout)
+        self.attributes = attributes
 
     def _init_photos(self, dataset, codes: SIDCodes) -> None:
         self.tokenizer = dataset.sid_tokenizer
@@ -108,6 +110,8 @@ class EncoderInputs(nn.Module):
             history = history + self.recency_embedding(recency)
             if self.history_item_embedding is not None:
                 history = history + self.history_item_embedding(seq)
+            if self.attributes is not None:
+                history = history + self.attributes.items(seq)
             if self.fields["behaviour"]:
                 history = history + self.behaviour_embedding(interaction[self.fields["behaviour"] + "_list"])
             parts.append(self._segment(history, HISTORY))

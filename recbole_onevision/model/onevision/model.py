@@ -24,6 +24,7 @@ from recbole_onevision.model.onevision.codes import SIDCodes
 from recbole_onevision.model.onevision.decoder import SIDDecoder
 from recbole_onevision.model.onevision.dense_head import DenseHead
 from recbole_onevision.model.onevision.inputs import EncoderInputs
+from recbole_onevision.model.onevision.item_attributes import ItemAttributes
 from recbole_onevision.model.onevision.params import OneVisionParams
 from recbole_onevision.model.onevision.visual_bias import VisualBias
 from recbole_onevision.model.trie import SIDTrie
@@ -50,8 +51,10 @@ class OneVision(SequentialRecommender):
         self.codes = SIDCodes(sid, dataset.sid_tokenizer.codebook_sizes, params.d_model)
         fields = {"item_seq": self.ITEM_SEQ, "item_seq_len": self.ITEM_SEQ_LEN, "query": self.query_field,
                   "behaviour": self.behaviour_field}
-        self.inputs = EncoderInputs(params, dataset, self.codes, fields, self.max_seq_length)
-        self.trie = SIDTrie(sid, self.codes.sizes)
+        trie = SIDTrie(sid, self.codes.sizes)
+        attributes = ItemAttributes(dataset, trie, params.d_model) if params.item_attributes else None
+        self.inputs = EncoderInputs(params, dataset, self.codes, fields, self.max_seq_length, attributes)
+        self.trie = trie
         self.visual_bias = (VisualBias(dataset, self.trie, sid.clamp_min(0), params.visual_bias, self.codes.levels)
                             if params.visual_bias else None)
         self.sid_decoder = SIDDecoder(params, self.codes.n_tokens)
@@ -90,7 +93,7 @@ class OneVision(SequentialRecommender):
         if prior is None:
             prior = self.path_similarity(interaction, items)
         likelihood, first = self.sid_decoder.log_likelihood(memory, mask, _flat(items), self.codes, prior,
-                                                            self.visual_bias)
+                                                            self.visual_bias, self.inputs.attributes)
         likelihood = likelihood.sum(1)
         out = likelihood.view(n, -1).T if n else likelihood
         rows = len(out)  # _flat order: the rows' first items (and memory copies) lead

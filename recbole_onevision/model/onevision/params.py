@@ -1,8 +1,8 @@
 """OneVision's settings, resolved once from the config and the dataset, checked in one place.
 
 Nothing here depends silently on the data: the only facts taken from the dataset are whether
-it has query photos and catalogue views (without them the photo parts are off, and the run's
-log says so). Dataset-specific recipes live in properties files (the photo-less one in
+it has query photos and catalogue views (without them the photo parts are off) and item token
+fields (without them ``item_attributes`` is off), and the run's log says so. Dataset-specific recipes live in properties files (the photo-less one in
 ``properties/dataset/amazon-s3rec.yaml`` and the top-level ``properties/photo-less.yaml``).
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from recbole_onevision.data.dataset import profile_fields
+from recbole_onevision.model.onevision.item_attributes import token_fields
 from recbole_onevision.trainer import stage_plan
 
 RANKINGS = ("beams", "dense", "fused")
@@ -36,6 +37,7 @@ class OneVisionParams:
     visual_tokens: int  # 0 when the data has no query photos
     visual_bias: float  # 0 when off or without photos and views
     history_item_embedding: bool
+    item_attributes: bool
     dense_weight: float
     dense_readout: str
     dense_temperature: float | None
@@ -63,6 +65,7 @@ class OneVisionParams:
                 ("stages", ", ".join(self.stages)),
                 ("inputs", ", ".join(inputs)),
                 ("visual bias", f"scale {self.visual_bias:g}" if self.visual_bias else "off"),
+                ("item attributes", "history items and output codes" if self.item_attributes else "off"),
                 ("dense head", f"weight {self.dense_weight:g}, readout {self.dense_readout}, temperature "
                                f"{self.dense_temperature}" if self.dense_weight else "off"),
                 ("size", f"d_model {self.d_model}, {self.n_heads} heads, {self.layers}+{self.layers} layers, "
@@ -74,11 +77,13 @@ class OneVisionParams:
     def trained_settings(self) -> dict:
         """What a checkpoint's weights mean: saved with them and compared on loading (what only
         changes inference, such as ranking, beam_size or pruning, may differ)."""
-        keys = ("d_model", "n_heads", "layers", "ffn_size", "visual_tokens", "history_item_embedding",
+        keys = ("d_model", "n_heads", "layers", "ffn_size", "visual_tokens", "history_item_embedding", "item_attributes",
                 "dense_readout", "dense_temperature")
         out = {k: v for k, v in asdict(self).items() if k in keys}
         out.update(visual_bias=self.visual_bias > 0, dense_head=self.dense_weight > 0,
                    profile_fields=list(self.profile_fields))
+        if not self.item_attributes:  # recorded only when on, so checkpoints from before it still load
+            del out["item_attributes"]
         if not self.dense_weight:  # an untrained head's settings mean nothing
             out.update(dense_readout=None, dense_temperature=None)
         return out
@@ -106,6 +111,8 @@ class OneVisionParams:
             visual_tokens=visual_tokens,
             visual_bias=_number(config["visual_bias"], "visual_bias", 0) if visual_tokens and views else 0.0,
             history_item_embedding=_bool(config["history_item_embedding"], "history_item_embedding"),
+            item_attributes=_bool(config["item_attributes"], "item_attributes") and (
+                dataset is None or bool(token_fields(dataset))),
             dense_weight=_number(dense.get("weight"), "dense_head weight", 0),
             dense_readout=_choice(dense.get("readout"), "dense_head readout", READOUTS),
             dense_temperature=_temperature(dense.get("temperature")),

@@ -1,0 +1,92 @@
+"""What the catalogue says of an item beyond its SID: its attribute tokens (``item_attributes``).
+
+Look-alikes share their SID's content levels and differ by brand or price, the attributes a
+user's choice among them turns on; the SID does not carry them (VRQ weighs the category path
+first), and the last SID code is a counter whose meaning differs under every prefix. So each
+item gets a learned vector, the mean embedding of each token or token-sequence field of
+``.item`` summed over fields (as MCA's ranker reads them), used twice:
+
+* in the encoder, added to each history item's token, so the user's brands and price levels
+  are in what the decoder reads;
+* in the decoder's output, each code's logit gains ``<W_l h, a(node)>``: the state projected
+  against the mean attribute vector of the items under the trie node the code leads to (the item
+  itself at the last level), so the decoder can tell look-alikes apart by what they are.
+"""
+from __future__ import annotations
+
+import torch
+from recbole.utils import FeatureType
+from torch import nn
+
+from recbole_onevision.model.trie import SIDTrie
+
+
+def token_fields(dataset) -> list[str]:
+    """The item fields read: token and token-sequence fields of ``.item`` besides the item id."""
+    if dataset.item_feat is None:
+        return []
+    return [f for f in dataset.item_feat.columns if f != dataset.iid_field
+            and dataset.field2type[f] in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ)]
+
+
+class ItemAttributes(nn.Module):
+    def __init__(self, dataset, trie: SIDTrie, d_model: int):
+        super().__init__()
+        self.fields = token_fields(dataset)
+        if not self.fields:
+            raise ValueError("config item_attributes: True needs token or token_seq item fields (load_col: item); "
+                             "this dataset loads none")
+        self.trie, self.levels = trie, trie.levels
+        n_items = dataset.item_num
+        self.embedding = nn.ModuleList(nn.Embedding(dataset.num(f), d_model, padding_idx=0) for f in self.fields)
+        for field in self.fields:
+            self.register_buffer(f"item_{field}", dataset.item_feat[field].view(n_items, -1).clone(), persistent=False)
+        for level in range(self.levels):  # items per node, for the nodes' means
+            nodes = trie.item_nodes(level)
+            count = torch.bincount(nodes[1:], minlength=int(nodes.max()) + 1).clamp_min(1)
+            self.register_buffer(f"node_count{level}", count.unsqueeze(1).float(), persistent=False)
+        self.project = nn.ModuleList(nn.Linear(d_model, d_model, bias=False) for _ in range(self.levels))
+        self._cached: tuple | None = None  # (weights' versions, node tables) for inference
+
+    def items(self, items: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) each item's attribute vector (padding item 0: zeros)."""
+        out = 0
+        for field, embedding in zip(self.fields, self.embedding):
+            tokens = getattr(self, f"item_{field}")[items]
+            present = (tokens > 0).unsqueeze(-1)  # masked: the model's initialisation fills padding rows too
+            out = out + (embedding(tokens) * present).sum(-2) / present.sum(-2).clamp_min(1)
+        return out
+
+    def nodes(self, level: int) -> torch.Tensor:
+        """(nodes of ``level``, d_model) the mean attribute vector of the items under each node;
+        without gradients kept until the weights change (an optimiser step or a load bumps their
+        version), so beam search does not recompute it for every batch and level."""
+        if torch.is_grad_enabled():
+            return self._nodes(level)
+        version = tuple((w.data_ptr(), w._version) for w in self.embedding.parameters())
+        if self._cached is None or self._cached[0] != version:
+            self._cached = (version, [self._nodes(level) for level in range(self.levels)])
+        return self._cached[1][level]
+
+    def _nodes(self, level: int) -> torch.Tensor:
+        nodes = self.trie.item_nodes(level)
+        every = self.items(torch.arange(1, len(nodes), device=nodes.device))
+        total = torch.zeros(len(getattr(self, f"node_count{level}")), every.shape[1], device=every.device)
+        return total.index_add_(0, nodes[1:], every) / getattr(self, f"node_count{level}")
+
+    def logits(self, states: torch.Tensor, level: int, children: torch.Tensor,
+               nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """(rows, codes) the logit each code gains; ``children``: the trie nodes the codes lead to
+        (-1: no SID, 0 there); ``nodes``: :meth:`nodes` of ``level`` when the caller has it."""
+        nodes = self.nodes(level) if nodes is None else nodes
+        # index_select, not nodes[children]: its backward (index_add) sums in a fixed order on CPU,
+        # advanced indexing's does not, and runs must repeat bitwise
+        index = children.clamp_min(0)
+        vectors = nodes.index_select(0, index.reshape(-1)).view(*index.shape, nodes.shape[1])  # (rows, codes, d)
+        out = torch.einsum("rd,rcd->rc", self.project[level](states), vectors)
+        return out.masked_fill(children < 0, 0.0)
+
+    def along(self, states: torch.Tensor, level: int, items: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` at the children of ``items``' SID prefix of length ``level`` (teacher forcing)."""
+        parent = torch.zeros_like(items) if level == 0 else self.trie.item_nodes(level - 1)[items]
+        return self.logits(states, level, self.trie.step(level, parent))
