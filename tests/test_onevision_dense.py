@@ -217,8 +217,9 @@ def test_sid_weight_zero_trains_the_dense_head_alone(tiny_root, tmp_path):
 
 @pytest.mark.parametrize("item_embedding", [False, True])
 def test_history_item_embedding_tells_apart_items_with_the_same_sid(tiny_root, tmp_path, item_embedding):
+    # item attributes off: they too tell items apart (tests/test_item_attributes.py)
     _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, encoder_dropout=0.0,
-                                         history_item_embedding=item_embedding)
+                                         history_item_embedding=item_embedding, item_attributes=False)
     batch = next(iter(train))
     if item_embedding:  # learned: the rows of items read in the histories move
         before = model.item_vectors().detach().clone()
@@ -234,6 +235,6 @@ def test_history_item_embedding_tells_apart_items_with_the_same_sid(tiny_root, t
     same = torch.allclose(model.inputs(batch, model.codes)[0][0], model.inputs(swapped, model.codes)[0][0])
     assert same != item_embedding
     # a checkpoint made the other way round is refused, naming the setting
-    _, _, other, _ = prepare(tiny_root, tmp_path, history_item_embedding=not item_embedding)
+    _, _, other, _ = prepare(tiny_root, tmp_path, history_item_embedding=not item_embedding, item_attributes=False)
     with pytest.raises(ValueError, match=f"history_item_embedding: {item_embedding} \\(this run: {not item_embedding}\\)"):
         other.load_state_dict(model.state_dict())
