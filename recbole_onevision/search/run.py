@@ -60,8 +60,8 @@ def load_run(checkpoint: str, overrides: dict | None = None) -> LoadedRun:
     if not isinstance(saved, dict) or "overrides" not in saved or "state_dict" not in state:
         raise RunError(f"checkpoint {checkpoint}: it records no run settings (written by an earlier version, or "
                        "not by this plugin's trainers); train it again with this version")
-    settings = {**saved["overrides"], "data_path": saved["data_path"], "show_progress": False,
-                "state": "WARNING", **(overrides or {})}
+    settings = {**_trained_with(saved["model"], state["state_dict"]), **saved["overrides"],
+                "data_path": saved["data_path"], "show_progress": False, "state": "WARNING", **(overrides or {})}
     config = Config(saved["model"], saved["dataset"], config_dict=settings)
     init_seed(config["seed"], config["reproducibility"])  # the tokenizer refits seeded if its cache is gone
     dataset = create_dataset(config)
@@ -72,6 +72,17 @@ def load_run(checkpoint: str, overrides: dict | None = None) -> LoadedRun:
     model.eval()
     getLogger().info(f"search: loaded {config['model']} on {config['dataset']} from {checkpoint}")
     return LoadedRun(checkpoint, config, dataset, model, catalogue_of(config, dataset), splits)
+
+
+def _trained_with(model: str, state_dict: dict) -> dict:
+    """Settings whose default changed since the checkpoint was written, as it was trained (a
+    OneVision from before ``item_attributes`` was on by default ran without them)."""
+    if model != "OneVision":
+        return {}
+    from recbole_onevision.model.onevision.checkpoint import OFF_WHEN_ABSENT, recorded_settings
+
+    recorded = recorded_settings(state_dict)
+    return {key: recorded[key] for key in OFF_WHEN_ABSENT if key in recorded}
 
 
 def catalogue_of(config, dataset) -> Catalogue:

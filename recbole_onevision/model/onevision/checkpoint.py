@@ -5,11 +5,21 @@ import torch
 
 FORMAT = 2  # raised whenever the weights' layout or meaning changes; older files are refused
 EXTRA = "_extra_state"  # torch's key for a module's get_extra_state()
+# settings recorded only when on (checkpoints from before them have none): absent means this
+OFF_WHEN_ABSENT = {"item_attributes": False}
 
 
 def extra_state(params, stages: tuple[str, ...]) -> dict:
     """``stages``: the training stages these weights went through, the running one last."""
     return {"format": FORMAT, "settings": params.trained_settings(), "stages": list(stages)}
+
+
+def recorded_settings(state_dict: dict) -> dict:
+    """The training settings a checkpoint records (absent optional ones: off); {} if none."""
+    saved = state_dict.get(EXTRA)
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+        return {}
+    return {**OFF_WHEN_ABSENT, **saved["settings"]}
 
 
 def stages_of(state_dict: dict) -> tuple[str, ...]:
@@ -26,9 +36,10 @@ def check(state_dict: dict, params, item_sid: torch.Tensor) -> None:
     if version != FORMAT:
         raise ValueError(f"OneVision checkpoint: format {version or 'unrecorded (written by an earlier version)'}, "
                          f"this version reads format {FORMAT}; train it again with this version")
-    ours = params.trained_settings()
-    differ = {k: v for k, v in saved["settings"].items() if ours.get(k) != v}
-    differ.update({k: None for k in ours if k not in saved["settings"]})
+    ours = {**OFF_WHEN_ABSENT, **params.trained_settings()}
+    recorded = recorded_settings(state_dict)
+    differ = {k: v for k, v in recorded.items() if ours.get(k) != v}
+    differ.update({k: None for k in ours if k not in recorded})
     if differ:
         listed = ", ".join(f"{k}: {v!r} (this run: {ours.get(k)!r})" for k, v in sorted(differ.items()))
         raise ValueError(f"OneVision checkpoint: trained with {listed}; evaluate it with the settings it was "
