@@ -27,6 +27,15 @@ def profile_fields(config, dataset) -> list[str]:
     return list(fields)
 
 
+def item_token_fields(dataset) -> list[str]:
+    """The item fields models read as attributes: token and token-sequence fields of ``.item``
+    besides the item id."""
+    if dataset.item_feat is None:
+        return []
+    return [f for f in dataset.item_feat.columns if f != dataset.iid_field
+            and dataset.field2type[f] in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ)]
+
+
 class MultiViewMixin:
     """Loads ``<name>.view`` and ``<name>.query`` (+ ``.npy``) beside RecBole's atomic files.
 

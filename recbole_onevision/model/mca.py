@@ -22,10 +22,10 @@ import time
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.utils import FeatureType, InputType
+from recbole.utils import InputType
 from torch import nn
 
-from recbole_onevision.data.dataset import profile_fields
+from recbole_onevision.data.dataset import item_token_fields, profile_fields
 from recbole_onevision.model.ann_recall import view_index
 from recbole_onevision.model.visual_knn import check_recall_size, photos_and_views
 from recbole_onevision.model.visual_similarity import ViewTable
@@ -49,7 +49,7 @@ class MCA(SequentialRecommender):
 
         d = config["embedding_size"]
         self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
-        self.item_fields = self._item_token_fields(dataset)
+        self.item_fields = item_token_fields(dataset)
         self.field_embedding = nn.ModuleList(nn.Embedding(dataset.num(f), d, padding_idx=0) for f in self.item_fields)
         for field in self.item_fields:
             self.register_buffer(f"item_{field}", dataset.item_feat[field].view(self.n_items, -1).clone(),
@@ -71,13 +71,6 @@ class MCA(SequentialRecommender):
         construction, a search's own photos in :mod:`recbole_onevision.search`."""
         device = self.photos.device if hasattr(self, "photos") else photos.device  # stays where the model is
         self.register_buffer("photos", F.normalize(photos.float(), dim=1).to(device), persistent=False)
-
-    @staticmethod
-    def _item_token_fields(dataset) -> list[str]:
-        if dataset.item_feat is None:
-            return []
-        return [f for f in dataset.item_feat.columns if f != dataset.iid_field
-                and dataset.field2type[f] in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ)]
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """(..., d) learned item id + attribute tokens (token sequences averaged)."""

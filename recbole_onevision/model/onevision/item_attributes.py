@@ -15,24 +15,17 @@ item gets a learned vector, the mean embedding of each token or token-sequence f
 from __future__ import annotations
 
 import torch
-from recbole.utils import FeatureType
 from torch import nn
 
+from recbole_onevision.data.dataset import item_token_fields
+
 from recbole_onevision.model.trie import SIDTrie
-
-
-def token_fields(dataset) -> list[str]:
-    """The item fields read: token and token-sequence fields of ``.item`` besides the item id."""
-    if dataset.item_feat is None:
-        return []
-    return [f for f in dataset.item_feat.columns if f != dataset.iid_field
-            and dataset.field2type[f] in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ)]
 
 
 class ItemAttributes(nn.Module):
     def __init__(self, dataset, trie: SIDTrie, d_model: int):
         super().__init__()
-        self.fields = token_fields(dataset)
+        self.fields = item_token_fields(dataset)
         if not self.fields:
             raise ValueError("config item_attributes: True needs token or token_seq item fields (load_col: item); "
                              "this dataset loads none")

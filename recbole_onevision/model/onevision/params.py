@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from recbole_onevision.data.dataset import profile_fields
-from recbole_onevision.model.onevision.item_attributes import token_fields
+from recbole_onevision.data.dataset import item_token_fields, profile_fields
 from recbole_onevision.trainer import stage_plan
 
 RANKINGS = ("beams", "dense", "fused")
@@ -112,7 +111,7 @@ class OneVisionParams:
             visual_bias=_number(config["visual_bias"], "visual_bias", 0) if visual_tokens and views else 0.0,
             history_item_embedding=_bool(config["history_item_embedding"], "history_item_embedding"),
             item_attributes=_bool(config["item_attributes"], "item_attributes") and (
-                dataset is None or bool(token_fields(dataset))),
+                dataset is None or bool(item_token_fields(dataset))),
             dense_weight=_number(dense.get("weight"), "dense_head weight", 0),
             dense_readout=_choice(dense.get("readout"), "dense_head readout", READOUTS),
             dense_temperature=_temperature(dense.get("temperature")),
