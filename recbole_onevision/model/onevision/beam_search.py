@@ -2,7 +2,8 @@
 
 Every level expands each live beam by the codes that continue a real SID (the trie), keeps the
 best ``beam_size`` per query, and, with pruning, drops beams more than ``beam_margin``
-log-probability behind their row's best; finished (-inf) beams are cut out of the beam set and
+log-probability behind their row's best (but never its best ``min_beams``, the largest topk, so
+a pruned search still returns a full list where the trie has the items); finished (-inf) beams are cut out of the beam set and
 absent or pruned encoder tokens out of the memory, so the saved work is real, not masked. The
 decoder's keys and values are cached (:class:`DecoderCache`): each step decodes one token per beam.
 """
@@ -32,7 +33,7 @@ def beam_search(model, interaction, beam_size: int, prune: bool, fuse_dense: flo
     last columns. ``fuse_dense`` > 0 adds the dense head's top items (:func:`add_dense`)."""
     codes, trie = model.codes, model.trie
     pruning = model.params.prune if prune else None
-    margin = pruning.beam_margin if prune else math.inf
+    margin, keep = (pruning.beam_margin, pruning.min_beams) if prune else (math.inf, 0)
     memory, mask = model.inputs(interaction, codes, prune=pruning)
     similarity = model.photo_similarity(interaction)
     batch, device = memory.shape[0], memory.device
@@ -56,7 +57,9 @@ def beam_search(model, interaction, beam_size: int, prune: bool, fuse_dense: flo
         total = torch.full((batch * k, size), float("-inf"), device=device)
         total[live] = scores.view(-1)[live].unsqueeze(1) + logp
         scores, index = total.view(batch, k * size).topk(min(beam_size, k * size), dim=1)
-        scores = scores.masked_fill(scores < scores[:, :1] - margin, float("-inf"))
+        behind = scores < scores[:, :1] - margin
+        behind[:, :keep] = False
+        scores = scores.masked_fill(behind, float("-inf"))
         alive = max(int(torch.isfinite(scores).sum(1).max()), 1)  # beams are sorted: a prefix
         scores, index = scores[:, :alive], index[:, :alive]
         parent, code = index // size, index % size

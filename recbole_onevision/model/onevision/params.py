@@ -23,6 +23,7 @@ class Pruning:
     beam_margin: float  # beams this far (log-probability) behind their row's best are dropped
     prefix_levels: int  # older history items are kept only when this many SID codes match the photo's
     keep_recent: int  # most recent history items always kept
+    min_beams: int = 1  # beams never dropped: the largest topk, so a pruned search still fills its list
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class OneVisionParams:
             prune=Pruning(beam_margin=math.inf if prune.get("beam_margin") is None
                           else _number(prune["beam_margin"], "prune beam_margin", 0),
                           prefix_levels=int(_number(prune.get("prefix_levels") or 0, "prune prefix_levels", 0)),
-                          keep_recent=int(_number(prune.get("keep_recent") or 0, "prune keep_recent", 0))),
+                          keep_recent=int(_number(prune.get("keep_recent") or 0, "prune keep_recent", 0)),
+                          min_beams=max(config["topk"] or [1])),
             prune_enabled=_bool(prune.get("enabled"), "prune enabled"),
             profile_fields=() if dataset is None else tuple(profile_fields(config, dataset)), stages=runs)
         params.check()
