@@ -74,3 +74,16 @@ def test_unreadable_image_names_its_path(encoder, tmp_path):
     broken.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
         encoder.embed(paths[:5] + [str(broken)] + paths[5:], show_progress=False)
+
+
+def test_encoders_built_at_once_in_two_threads_both_work(tmp_path):
+    """Two runs served side by side each build their encoder on their first request; torch's
+    ONNX exporter is not re-entrant, so the builds must take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = synthetic_images(str(tmp_path))[:3]
+    encoders = [ImageEncoder(workers=1) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        out = list(pool.map(lambda e: e.embed(paths, show_progress=False), encoders))
+    for other in out[1:]:
+        np.testing.assert_allclose(other, out[0], atol=1e-5)

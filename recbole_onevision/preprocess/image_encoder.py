@@ -25,6 +25,7 @@ import importlib
 import io
 import json
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +36,9 @@ from recbole_onevision.io import atomic_open
 
 DEFAULT = "efficientnet-lite0"
 MODEL_NAME = DEFAULT
+# torch's ONNX exporter keeps global state: two exports at once (two runs served side by side,
+# each building its encoder on its first request) fail, so exports and lazy loads take turns
+_EXPORT_LOCK = threading.RLock()
 
 
 class ImageError(ValueError):
@@ -137,7 +141,7 @@ def onnx_session(model: torch.nn.Module, image_size: int = 224, threads: int = 1
     except ImportError:
         raise ImportError('the image encoder needs ONNX Runtime: pip install -e ".[images]"') from None
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():  # the TorchScript exporter's deprecation notes
+    with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():  # (the exporter's deprecation notes)
         warnings.simplefilter("ignore")
         torch.onnx.export(Features(model).eval(), torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8),
                           buffer, dynamo=False, opset_version=17, input_names=["images"],
@@ -187,8 +191,9 @@ class ImageEncoder(PhotoEncoder):
 
     @property
     def session(self):
-        if self._session is None:  # built once, before workers share it (its run is thread-safe)
-            self._session = onnx_session(self.model, self.image_size)
+        with _EXPORT_LOCK:  # built once, whichever thread asks first (its run is thread-safe)
+            if self._session is None:
+                self._session = onnx_session(self.model, self.image_size)
         return self._session
 
     def pixels(self, images: list) -> np.ndarray:
