@@ -174,6 +174,9 @@ class DistributedTrainerMixin:
         # RecBole's AbstractTrainer wraps with device_ids=[local_rank], which DDP refuses for a
         # CPU model; the flag keeps it from wrapping, and the model is wrapped below instead
         config["single_spec"] = True
+        # RecBole's ensure_dir checks, then creates: two processes racing there fail with
+        # FileExistsError, so every process makes the folder first, tolerating the others
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         try:
             super().__init__(config, model)
         finally:
