@@ -53,8 +53,7 @@ def bias_alone(model):
     decoder.level_logits = zero
     attributes = model.inputs.attributes  # its output logits are the decoder's too
     if attributes is not None:
-        attributes.logits = lambda states, level, children, nodes=None: torch.zeros(children.shape,
-                                                                                   device=children.device)
+        attributes.logits = lambda states, level, children: torch.zeros(children.shape, device=children.device)
     try:
         yield
     finally:

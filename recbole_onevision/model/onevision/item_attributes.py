@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from recbole_onevision.data.dataset import item_token_fields
-
 from recbole_onevision.model.trie import SIDTrie
 
 
@@ -67,11 +66,10 @@ class ItemAttributes(nn.Module):
         total = torch.zeros(len(getattr(self, f"node_count{level}")), every.shape[1], device=every.device)
         return total.index_add_(0, nodes[1:], every) / getattr(self, f"node_count{level}")
 
-    def logits(self, states: torch.Tensor, level: int, children: torch.Tensor,
-               nodes: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, states: torch.Tensor, level: int, children: torch.Tensor) -> torch.Tensor:
         """(rows, codes) the logit each code gains; ``children``: the trie nodes the codes lead to
-        (-1: no SID, 0 there); ``nodes``: :meth:`nodes` of ``level`` when the caller has it."""
-        nodes = self.nodes(level) if nodes is None else nodes
+        (-1: no SID, 0 there)."""
+        nodes = self.nodes(level)
         # index_select, not nodes[children]: its backward (index_add) sums in a fixed order on CPU,
         # advanced indexing's does not, and runs must repeat bitwise
         index = children.clamp_min(0)
