@@ -129,6 +129,13 @@ def page(browser):
     page.close()
 
 
+# Resolves once the image has loaded (true) or failed (false): an <img> just attached may still be loading.
+IMAGE_LOADED = """img => img.complete ? img.naturalWidth > 0 : new Promise(done => {
+    img.addEventListener("load", () => done(img.naturalWidth > 0));
+    img.addEventListener("error", () => done(false));
+})"""
+
+
 def grid(page, name):
     return page.locator(f'.results-grid[data-model="{name}"]')
 
@@ -160,7 +167,7 @@ def test_an_uploaded_photo_is_answered_by_both_runs_side_by_side(served, page, t
         assert re.fullmatch(r"-?\d+\.\d{3}", first.locator(".score").inner_text())
         # the card shows the item's first catalogue view, served by /images
         first.locator(".thumb img").wait_for()
-        assert first.locator(".thumb img").evaluate("img => img.complete && img.naturalWidth > 0")
+        assert first.locator(".thumb img").evaluate(IMAGE_LOADED)
         assert grid(page, name).locator(".flag").get_attribute("data-personalised") == "false"
         assert "retrieved 6 items" in grid(page, name).locator(".note").inner_text()
         assert grid(page, name).locator(".error").inner_text() == ""
