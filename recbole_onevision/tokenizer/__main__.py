@@ -50,18 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None, compare: bool = False,
-             max_queries: int | None = 2000) -> dict[str, dict]:
-    """Fit each variant on ``dataset``'s training split; returns ``{variant: sid_report}``."""
+def load(dataset: str, model: str = "Pop", config_files=None, overrides=None):
+    """``(config, dataset, splits)`` as a run loads them, the tokenizer not yet fitted."""
     from recbole.utils import init_logger, init_seed
 
     from recbole_onevision.config import Config
     from recbole_onevision.preprocess import mvshop
     from recbole_onevision.quick_start import check_dataset_files
     from recbole_onevision.registry import create_dataset
-    from recbole_onevision.tokenizer import build_tokenizer, cache_dir
-    from recbole_onevision.tokenizer.inputs import gather
-    from recbole_onevision.tokenizer.report import sid_report
 
     config = Config(model, dataset, config_files, {"dataset_class": "MultiViewDataset"}, overrides)
     config["tokenizer"] = config["tokenizer"] or "VRQ"
@@ -70,9 +66,20 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
     mvshop.ensure_for(config)
     check_dataset_files(config)
     data = create_dataset(config)
-    tokenizer_name, config["tokenizer"] = config["tokenizer"], None  # fitted per variant below
+    tokenizer_name, config["tokenizer"] = config["tokenizer"], None  # fitted by the caller
     splits = data.build()
     config["tokenizer"] = tokenizer_name
+    return config, data, splits
+
+
+def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None, compare: bool = False,
+             max_queries: int | None = 2000) -> dict[str, dict]:
+    """Fit each variant on ``dataset``'s training split; returns ``{variant: sid_report}``."""
+    from recbole_onevision.tokenizer import build_tokenizer, cache_dir
+    from recbole_onevision.tokenizer.inputs import gather
+    from recbole_onevision.tokenizer.report import sid_report
+
+    config, data, splits = load(dataset, model, config_files, overrides)
     reports = {}
     variants = ABLATIONS if getattr(data, "view_embedding", None) is not None else ABLATIONS_WITHOUT_VIEWS
     base = {key: config[key] for key in {k for v in variants.values() for k in v}}

@@ -75,18 +75,34 @@ class VRQTokenizer:
 
     def fit(self, inputs: TokenizerInputs, show_progress: bool = False) -> "VRQTokenizer":
         p = self.params
+        self.quantize(self.fit_features(inputs, show_progress), inputs.item_num)
+        if p.code_steps and inputs.has_views:  # needs photos or views to retrieve from
+            with torch.random.fork_rng(devices=[]):
+                train_codebooks(self, inputs, self.item_sid.numpy()[:, :len(self.codebooks)], p.code_steps, p.seed,
+                                show_progress)
+        return self
+
+    def fit_features(self, inputs: TokenizerInputs, show_progress: bool = False) -> torch.Tensor:
+        """Fit the alignment head and prototypes; returns the fused feature of every catalogue
+        item, ``(item_num - 1, width)`` (RecBole's padding row 0 left out)."""
+        p = self.params
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(p.seed)
             visual = self._fit_visual(inputs, show_progress)
             self._fit_prototypes(inputs, visual)
             fused = self._fuse(visual, self._item_attributes(inputs), inputs.item_num)
-        rows = fused[1:]  # row 0 is RecBole's padding item
+        rows = fused[1:]
         if rows.shape[1] == 0:
             raise ValueError("VRQ has nothing to tokenize: the dataset has no catalogue views, no item "
                              "attributes (vrq_attribute_fields) and vrq_collaborative is off")
+        return rows
+
+    def quantize(self, rows: torch.Tensor, item_num: int) -> None:
+        """Residual k-means codebooks over the fused ``rows`` and every item's distinct SID."""
+        p = self.params
         sizes = list(p.codebook_sizes or auto_codebook_sizes(len(rows), p.levels))
         self.codebooks, codes, residual = residual_kmeans(rows, sizes, p.kmeans_iters, p.seed, p.kmeans_sample)
-        sid = np.full((inputs.item_num, p.levels + 1), -1, dtype=np.int64)
+        sid = np.full((item_num, p.levels + 1), -1, dtype=np.int64)
         sid[1:, :-1] = codes.numpy()
         if p.last_codes == 0:
             sid[1:, -1] = uniqueness_level(codes.numpy(), residual.norm(dim=1).numpy())
@@ -97,10 +113,6 @@ class VRQTokenizer:
             sid[1:, -1] = distinct_codes(residual, last, codes.numpy())
             self.codebooks.append(last)
         self.item_sid = torch.from_numpy(sid)
-        if p.code_steps and inputs.has_views:  # needs photos or views to retrieve from
-            with torch.random.fork_rng(devices=[]):
-                train_codebooks(self, inputs, sid[:, :len(self.codebooks)], p.code_steps, p.seed, show_progress)
-        return self
 
     def _fit_visual(self, inputs: TokenizerInputs, show_progress: bool) -> torch.Tensor | None:
         """(item_num, width) unit rows from the views (aligned or raw), or collaborative ones."""
