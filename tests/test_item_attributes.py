@@ -22,19 +22,19 @@ def test_node_vectors_are_the_means_of_the_items_below_and_follow_the_weights(ti
     with torch.no_grad():
         for level in range(model.trie.levels):
             nodes = model.trie.item_nodes(level)
-            table = attributes.nodes(level)
+            table = attributes.tables()[level]
             for node in nodes[1:].unique()[:5]:
                 assert torch.allclose(table[node], every[1:][nodes[1:] == node].mean(0), atol=1e-5)
-        leaves = attributes.nodes(model.trie.levels - 1)  # the last level's nodes are the items
+        leaves = attributes.tables()[-1]  # the last level's nodes are the items
         assert torch.allclose(leaves[1:dataset.item_num], every[1:], atol=1e-6)
-        before = attributes.nodes(0).clone()
+        before = attributes.tables()[0].clone()
     # kept for inference, but never stale: a training step changes the table it returns
     model.train()
     train_steps(model, [next(iter(train))], 1)
     model.eval()
     with torch.no_grad():
-        after = attributes.nodes(0)
-        fresh = attributes._nodes(0)
+        after = attributes.tables()[0]
+        fresh = attributes._tables()[0]
     assert not torch.allclose(after, before) and torch.allclose(after, fresh)
     assert not torch.allclose(attributes.items(torch.arange(dataset.item_num)), every)
 

@@ -25,8 +25,9 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_onevision.data.dataset import item_token_fields, profile_fields
+from recbole_onevision.data.dataset import profile_fields
 from recbole_onevision.model.ann_recall import view_index
+from recbole_onevision.model.item_fields import field_vectors, register_item_fields
 from recbole_onevision.model.visual_knn import check_recall_size, photos_and_views
 from recbole_onevision.model.visual_similarity import ViewTable
 
@@ -49,11 +50,8 @@ class MCA(SequentialRecommender):
 
         d = config["embedding_size"]
         self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
-        self.item_fields = item_token_fields(dataset)
+        self.item_fields = register_item_fields(self, dataset)
         self.field_embedding = nn.ModuleList(nn.Embedding(dataset.num(f), d, padding_idx=0) for f in self.item_fields)
-        for field in self.item_fields:
-            self.register_buffer(f"item_{field}", dataset.item_feat[field].view(self.n_items, -1).clone(),
-                                 persistent=False)
         self.profile_fields = profile_fields(config, dataset)
         self.profile_embedding = nn.ModuleList(nn.Embedding(dataset.num(f), d, padding_idx=0)
                                                for f in self.profile_fields)
@@ -74,12 +72,7 @@ class MCA(SequentialRecommender):
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """(..., d) learned item id + attribute tokens (token sequences averaged)."""
-        out = self.item_embedding(items)
-        for field, embedding in zip(self.item_fields, self.field_embedding):
-            tokens = getattr(self, f"item_{field}")[items]
-            present = (tokens > 0).sum(-1, keepdim=True).clamp_min(1)
-            out = out + embedding(tokens).sum(-2) / present
-        return out
+        return self.item_embedding(items) + field_vectors(self, self.item_fields, self.field_embedding, items)
 
     def recall(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, recall_size) recalled items and their visual similarity, best first."""

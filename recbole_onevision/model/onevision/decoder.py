@@ -45,10 +45,11 @@ class SIDDecoder(nn.Module):
         bos = torch.full((len(items), 1), codes.bos_token, device=items.device)
         states = self(memory, mask, torch.cat([bos, targets[:, :-1]], 1), codes)
         out = []
+        tables = attributes.tables() if attributes is not None else None
         for level in range(codes.levels):
             logits = self.level_logits(states[:, level], level, codes)
             if attributes is not None:
-                logits = logits + attributes.along(states[:, level], level, items)
+                logits = logits + attributes.along(states[:, level], level, items, tables[level])
             if prior is not None:
                 logits = logits + bias.scaled(prior[level], level)
             logp = torch.log_softmax(logits, -1)

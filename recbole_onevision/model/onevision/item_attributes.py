@@ -17,22 +17,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recbole_onevision.data.dataset import item_token_fields
+from recbole_onevision.model.item_fields import field_vectors, register_item_fields
 from recbole_onevision.model.trie import SIDTrie
 
 
 class ItemAttributes(nn.Module):
     def __init__(self, dataset, trie: SIDTrie, d_model: int):
         super().__init__()
-        self.fields = item_token_fields(dataset)
+        self.fields = register_item_fields(self, dataset)
         if not self.fields:
             raise ValueError("config item_attributes: True needs token or token_seq item fields (load_col: item); "
                              "this dataset loads none")
         self.trie, self.levels = trie, trie.levels
-        n_items = dataset.item_num
         self.embedding = nn.ModuleList(nn.Embedding(dataset.num(f), d_model, padding_idx=0) for f in self.fields)
-        for field in self.fields:
-            self.register_buffer(f"item_{field}", dataset.item_feat[field].view(n_items, -1).clone(), persistent=False)
         for level in range(self.levels):  # items per node, for the nodes' means
             nodes = trie.item_nodes(level)
             count = torch.bincount(nodes[1:], minlength=int(nodes.max()) + 1).clamp_min(1)
@@ -42,34 +39,33 @@ class ItemAttributes(nn.Module):
 
     def items(self, items: torch.Tensor) -> torch.Tensor:
         """(..., d_model) each item's attribute vector (padding item 0: zeros)."""
-        out = 0
-        for field, embedding in zip(self.fields, self.embedding):
-            tokens = getattr(self, f"item_{field}")[items]
-            present = (tokens > 0).unsqueeze(-1)  # masked: the model's initialisation fills padding rows too
-            out = out + (embedding(tokens) * present).sum(-2) / present.sum(-2).clamp_min(1)
-        return out
+        return field_vectors(self, self.fields, self.embedding, items)
 
-    def nodes(self, level: int) -> torch.Tensor:
-        """(nodes of ``level``, d_model) the mean attribute vector of the items under each node;
-        without gradients kept until the weights change (an optimiser step or a load bumps their
-        version), so beam search does not recompute it for every batch and level."""
+    def tables(self) -> list[torch.Tensor]:
+        """Per level, (nodes, d_model) the mean attribute vector of the items under each node.
+        Training computes them once per forward; without gradients they are kept until the
+        weights change (an optimiser step or a load bumps their version), so beam search does
+        not recompute them for every batch."""
         if torch.is_grad_enabled():
-            return self._nodes(level)
+            return self._tables()
         version = tuple((w.data_ptr(), w._version) for w in self.embedding.parameters())
         if self._cached is None or self._cached[0] != version:
-            self._cached = (version, [self._nodes(level) for level in range(self.levels)])
-        return self._cached[1][level]
+            self._cached = (version, self._tables())
+        return self._cached[1]
 
-    def _nodes(self, level: int) -> torch.Tensor:
-        nodes = self.trie.item_nodes(level)
-        every = self.items(torch.arange(1, len(nodes), device=nodes.device))
-        total = torch.zeros(len(getattr(self, f"node_count{level}")), every.shape[1], device=every.device)
-        return total.index_add_(0, nodes[1:], every) / getattr(self, f"node_count{level}")
+    def _tables(self) -> list[torch.Tensor]:
+        every = self.items(torch.arange(1, len(self.trie.item_nodes(0)), device=self.node_count0.device))
+        out = []
+        for level in range(self.levels):
+            count = getattr(self, f"node_count{level}")
+            total = torch.zeros(len(count), every.shape[1], device=every.device)
+            out.append(total.index_add_(0, self.trie.item_nodes(level)[1:], every) / count)
+        return out
 
-    def logits(self, states: torch.Tensor, level: int, children: torch.Tensor) -> torch.Tensor:
+    def logits(self, states: torch.Tensor, level: int, children: torch.Tensor, table: torch.Tensor | None = None):
         """(rows, codes) the logit each code gains; ``children``: the trie nodes the codes lead to
-        (-1: no SID, 0 there)."""
-        nodes = self.nodes(level)
+        (-1: no SID, 0 there); ``table``: this level's of :meth:`tables` (fetched if None)."""
+        nodes = self.tables()[level] if table is None else table
         # index_select, not nodes[children]: its backward (index_add) sums in a fixed order on CPU,
         # advanced indexing's does not, and runs must repeat bitwise
         index = children.clamp_min(0)
@@ -77,7 +73,7 @@ class ItemAttributes(nn.Module):
         out = torch.einsum("rd,rcd->rc", self.project[level](states), vectors)
         return out.masked_fill(children < 0, 0.0)
 
-    def along(self, states: torch.Tensor, level: int, items: torch.Tensor) -> torch.Tensor:
+    def along(self, states: torch.Tensor, level: int, items: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """:meth:`logits` at the children of ``items``' SID prefix of length ``level`` (teacher forcing)."""
         parent = torch.zeros_like(items) if level == 0 else self.trie.item_nodes(level - 1)[items]
-        return self.logits(states, level, self.trie.step(level, parent))
+        return self.logits(states, level, self.trie.step(level, parent), table)
