@@ -5,9 +5,10 @@
 * view consistency: share of held-out query photos whose predicted prefix up to a level equals
   the prefix of the product they show;
 * cross-view Recall@1/5 of the pictured product: raw nearest neighbour (best catalogue view),
-  the aligned continuous feature, and the codes (items ranked by the distance from the query's
-  feature to their quantized vector, every level with a codebook; where the last level is a
-  counter, items sharing the other levels tie and the counter orders them).
+  the aligned continuous feature (best view), the fused item feature the codes approximate
+  (mean aligned view + attributes, unquantized), and the codes (items ranked by the distance
+  from the query's feature to their quantized vector, every level with a codebook; where the
+  last level is a counter, items sharing the other levels tie and the counter orders them).
 """
 from __future__ import annotations
 
@@ -88,17 +89,25 @@ def sid_report(tokenizer, inputs: TokenizerInputs, max_queries: int | None = 200
         report["recall_aligned_nn"] = _recall(
             _ranks(lambda r: best_view(aligned_photos, aligned_views, r), targets, chunk))
     features = tokenizer.query_features(photos)
+    # the fused features the codes quantize: what the codes could retrieve at best
+    fused = tokenizer.catalogue_features(inputs)
+    report["recall_fused"] = _recall(_ranks(_distance_scores(features, fused), targets, chunk))
     quantized = reconstruct(tokenizer.item_sid[:, :len(tokenizer.codebooks)].clamp_min(0), tokenizer.codebooks)
-    q_sq = (quantized * quantized).sum(1)
-    q_sq[0] = float("inf")  # padding item never ranks
-
-    def code_scores(rows):
-        f = features[rows]
-        return -((f * f).sum(1, keepdim=True) - 2 * f @ quantized.T + q_sq)
-
     # rank by codes: items sharing every quantized level tie; the last code orders them
-    report["recall_codes"] = _recall(_ranks(code_scores, targets, chunk, tiebreak=tokenizer.item_sid[:, -1]))
+    report["recall_codes"] = _recall(_ranks(_distance_scores(features, quantized), targets, chunk,
+                                            tiebreak=tokenizer.item_sid[:, -1]))
     return report
+
+
+def _distance_scores(features: torch.Tensor, items: torch.Tensor):
+    """``rows -> -squared distance`` from those rows of ``features`` to every item row (padding never ranks)."""
+    i_sq = (items * items).sum(1)
+    i_sq[0] = float("inf")
+
+    def scores(rows):
+        f = features[rows]
+        return -((f * f).sum(1, keepdim=True) - 2 * f @ items.T + i_sq)
+    return scores
 
 
 def format_reports(reports: dict[str, dict]) -> str:
@@ -128,7 +137,8 @@ def format_reports(reports: dict[str, dict]) -> str:
         if level < len(first["levels"]) - 1:
             row(f"{tag} view consistency", lambda r, i=level: r["levels"][i].get("view_consistency"))
     row("held-out query photos", lambda r: r["heldout_queries"])
-    for key, label in (("recall_raw_nn", "raw NN"), ("recall_aligned_nn", "aligned NN"), ("recall_codes", "codes")):
+    for key, label in (("recall_raw_nn", "raw NN"), ("recall_aligned_nn", "aligned NN"),
+                       ("recall_fused", "fused features"), ("recall_codes", "codes")):
         for k in ("R@1", "R@5"):
             row(f"{label} {k}", lambda r, key=key, k=k: r[key][k])
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]

@@ -120,13 +120,21 @@ class VRQTokenizer:
         if inputs.has_views:
             if p.align:
                 self.head = train_head(inputs, p, show_progress)
-            view_feature = self.visual(torch.from_numpy(inputs.view_embedding))
-            total = torch.zeros(inputs.item_num, view_feature.shape[1])
-            total.index_add_(0, torch.from_numpy(inputs.view_item), view_feature)
-            return F.normalize(total, dim=1)  # items without views stay at zero
+            return self._view_means(inputs)
         if p.collaborative and len(inputs.train_items):
             return _collaborative_embedding(inputs, p.dim, p.seed)
         return None
+
+    def _view_means(self, inputs: TokenizerInputs) -> torch.Tensor:
+        view_feature = self.visual(torch.from_numpy(inputs.view_embedding))
+        total = torch.zeros(inputs.item_num, view_feature.shape[1])
+        total.index_add_(0, torch.from_numpy(inputs.view_item), view_feature)
+        return F.normalize(total, dim=1)  # items without views stay at zero
+
+    def catalogue_features(self, inputs: TokenizerInputs) -> torch.Tensor:
+        """(item_num, width) a fitted tokenizer's fused feature of every item (row 0: padding):
+        the unquantized vectors its codes approximate. Needs catalogue views."""
+        return self._fuse(self._view_means(inputs), self._item_attributes(inputs), inputs.item_num)
 
     def _fit_prototypes(self, inputs: TokenizerInputs, visual: torch.Tensor | None) -> None:
         self.field_weights = [f.weight for f in inputs.attributes]
