@@ -6,10 +6,10 @@
 The checkpoint is evaluated on the test split through RecBole's evaluator as trained (decoder +
 visual bias), with the visual bias's scale set to 0 (the decoder alone), with the decoder's
 logits set to 0 (the visual bias alone, still under the SID trie; with ``item_attributes`` their
-output logits too) and with the user's profile
-and history removed (the photo alone). ``--no_bias_checkpoint`` adds a model trained without the
-bias. Run with the overrides the checkpoints
-were trained with, so the same SIDs are rebuilt (they come from the VRQ cache).
+output logits too) and with the user's profile and history removed (the photo alone).
+``--no_bias_checkpoint`` adds a model trained without the bias. Run with the overrides the
+checkpoints were trained with, so the same SIDs are rebuilt (they come from the VRQ cache); on
+data without behaviours (image folders) add ``--metrics="['Recall','NDCG']"``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from recbole_onevision.cli import parse_with_overrides  # noqa: E402
 from recbole_onevision.quick_start import load_trained  # noqa: E402
 
 METRICS = ["Recall", "NDCG", "ProductHit", "OrderNDCG"]
-COLUMNS = ["recall@10", "ndcg@10", "producthit@5", "orderndcg@10"]
+COLUMNS = ["recall@1", "recall@10", "ndcg@10", "producthit@5", "orderndcg@10"]  # those the run measures
 
 
 @contextlib.contextmanager
@@ -90,7 +90,7 @@ def main(argv=None) -> dict[str, dict]:
 
 
 def ablate(args, overrides) -> dict[str, dict]:
-    settings = {"metrics": METRICS, "topk": [5, 10]}
+    settings = {"metrics": METRICS, "topk": [1, 5, 10]}
     trained = load_trained("OneVision", args.dataset, args.checkpoint, config_dict=settings, cmd_args=overrides)
     model = trained.model
     if model.visual_bias is None:
@@ -106,9 +106,10 @@ def ablate(args, overrides) -> dict[str, dict]:
         rows["trained and evaluated without the bias"] = evaluate(no_bias)
     print(f"\nOneVision on {args.dataset} test, checkpoint {args.checkpoint}; {platform.node()}, "
           f"torch {torch.__version__}, {datetime.date.today()}\n")
-    print("| setting | " + " | ".join(COLUMNS) + " |\n" + "|---" * (len(COLUMNS) + 1) + "|")
+    columns = [c for c in COLUMNS if c in rows["as trained (decoder + visual bias)"]]
+    print("| setting | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 1) + "|")
     for label, result in rows.items():
-        print(f"| {label} | " + " | ".join(f"{result[c]:.4f}" for c in COLUMNS) + " |")
+        print(f"| {label} | " + " | ".join(f"{result[c]:.4f}" for c in columns) + " |")
     return rows
 
 
