@@ -47,12 +47,14 @@ def minibatch(x, k, iters, seed, sample=None):
     return centroids, nearest(x, centroids)[0]
 
 
-def faiss_kmeans(points_per_centroid):
+def faiss_kmeans(rows=None, per_centroid=None):
+    """faiss's k-means fitted on its own sample of ``rows`` rows or ``per_centroid`` x k rows
+    (neither: every row)."""
     def fit(x, k, iters, seed, sample=None):
         import faiss
 
-        per_centroid = points_per_centroid or -(-len(x) // k)  # None: every row
-        km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, max_points_per_centroid=per_centroid)
+        limit = per_centroid or -(-min(rows or len(x), len(x)) // k)
+        km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, max_points_per_centroid=limit)
         km.train(np.ascontiguousarray(x.numpy(), dtype=np.float32))
         centroids = torch.from_numpy(km.centroids.copy())
         return centroids, nearest(x, centroids)[0]
@@ -63,7 +65,8 @@ VARIANTS = {
     "lloyd-sample": ("ours: k-means++ + Lloyd on a 200k-row sample (VRQ's default)", lloyd(200_000)),
     "lloyd-all": ("ours: k-means++ + Lloyd on every row", lloyd(None)),
     "minibatch": ("scikit-learn MiniBatchKMeans, batch 4,096, every row", minibatch),
-    "faiss-sample": ("faiss Kmeans, its default sample (256 rows per centroid)", faiss_kmeans(256)),
+    "faiss-sample": ("faiss Kmeans on a 200k-row sample", faiss_kmeans(200_000)),
+    "faiss-default": ("faiss Kmeans, its default sample (256 rows per centroid)", faiss_kmeans(per_centroid=256)),
     "faiss-all": ("faiss Kmeans on every row", faiss_kmeans(None)),
 }
 

@@ -13,7 +13,7 @@ from recbole_onevision.registry import create_dataset
 from recbole_onevision.tokenizer import TokenizerConfigError, build_tokenizer
 from recbole_onevision.tokenizer.__main__ import main as tokenize_main
 from recbole_onevision.tokenizer.inputs import gather
-from recbole_onevision.tokenizer.kmeans import kmeans
+from recbole_onevision.tokenizer.kmeans import kmeans, nearest
 from recbole_onevision.tokenizer.quantize import collision_stats, distinct_codes, uniqueness_level
 from recbole_onevision.tokenizer.report import sid_report
 from recbole_onevision.tokenizer.vrq import VRQTokenizer
@@ -176,6 +176,24 @@ def test_kmeans_and_uniqueness_level():
     codes = np.array([[0, 1], [0, 1], [2, 0], [0, 1]])
     index = uniqueness_level(codes, np.array([0.5, 0.1, 0.3, 0.2]))
     assert index.tolist() == [2, 0, 0, 1]
+
+
+def test_kmeans_on_a_sample_keeps_the_quality_of_lloyd_on_every_row():
+    """VRQ fits centroids on a sample (``vrq_kmeans_sample``) and assigns every row: at 1M items
+    that is 4x faster than Lloyd on all rows for the same residuals (docs/results/scale.md). On
+    residual-like data (no cluster structure) and 156 sampled rows per centroid (VRQ's default
+    samples 781 per code at 256 codes), its inertia over all rows stays within 2% of full
+    Lloyd's, and k-means++ seeding beats random seeding."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 16, generator=generator) * torch.linspace(0.2, 2.0, 16)
+
+    def inertia(centroids, assign):
+        return float(((x - centroids[assign]) ** 2).sum())
+
+    full = inertia(*kmeans(x, 64, seed=0, sample=None))
+    assert inertia(*kmeans(x, 64, seed=0, sample=10_000)) <= 1.02 * full
+    random_init = x[torch.randperm(len(x), generator=generator)[:64]]
+    assert full < 0.9 * inertia(random_init, nearest(x, random_init)[0])
 
 
 def test_last_level_codes_are_distinct_per_prefix_and_follow_content():

@@ -22,10 +22,14 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tup
 
 
 def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii): each next centre drawn by squared distance."""
+    """k-means++ seeding (Arthur & Vassilvitskii): each next centre drawn by squared distance.
+
+    Distances as |x|^2 - 2 x.c + |c|^2 from precomputed row norms: one matrix-vector product per
+    centre instead of a pass that materialises ``x - c``, the seeding's whole cost at scale."""
+    x_sq = (x * x).sum(1)
     first = torch.randint(len(x), (1,), generator=generator).item()
     centroids = [x[first]]
-    dist = ((x - x[first]) ** 2).sum(1)
+    dist = (x_sq - 2 * (x @ x[first]) + x_sq[first]).clamp_min_(0)
     for _ in range(1, k):
         total = dist.sum()
         if total <= 0:  # fewer distinct points than k: repeat one (left empty, then reseeded)
@@ -33,7 +37,7 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
         else:
             pick = torch.multinomial(dist / total, 1, generator=generator).item()
         centroids.append(x[pick])
-        dist = torch.minimum(dist, ((x - x[pick]) ** 2).sum(1))
+        dist = torch.minimum(dist, (x_sq - 2 * (x @ x[pick]) + x_sq[pick]).clamp_min_(0))
     return torch.stack(centroids)
 
 

@@ -50,7 +50,7 @@ from recbole_onevision.tokenizer.quantize import (
 )
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 3  # bump when fitting changes, so old caches are not reused
+CACHE_VERSION = 4  # bump when fitting changes, so old caches are not reused
 
 
 class VRQTokenizer:
