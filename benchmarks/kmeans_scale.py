@@ -127,12 +127,14 @@ def run_variant(name, tokenizer, rows, inputs, max_queries, seed, log):
 def table(results: list[dict]) -> str:
     levels = len(results[0]["residual"])
     head = ["k-means", "quantize (s)", "peak memory (GB)"] + [f"residual L{i + 1}" for i in range(levels)]
-    head += ["ICR L2", "ICR L3"] + [f"view consistency L{i + 1}" for i in range(levels)] + ["codes R@1", "codes R@5"]
+    head += [f"ICR L{levels - 1}", f"ICR L{levels}", f"largest L1-L{levels} group"]
+    head += [f"view consistency L{i + 1}" for i in range(levels)] + ["codes R@1", "codes R@5"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for r in results:
         rep = r["report"]
         cells = [r["label"], f"{r['seconds']:.1f}", f"{r['peak_gb']:.2f}"] + [f"{v:.4f}" for v in r["residual"]]
-        cells += [f"{rep['levels'][i]['ICR']:.4f}" for i in (1, 2)]
+        cells += [f"{rep['levels'][i]['ICR']:.4f}" for i in (levels - 2, levels - 1)]
+        cells.append(str(rep["levels"][levels - 1]["largest_group"]))
         cells += [f"{rep['levels'][i].get('view_consistency', float('nan')):.4f}" for i in range(levels)]
         cells += [f"{rep.get('recall_codes', {}).get(k, float('nan')):.4f}" for k in ("R@1", "R@5")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -174,11 +176,15 @@ def main(argv=None) -> list[dict]:
     features = time.perf_counter() - start
     log(f"features {tuple(rows.shape)} in {features:.0f} s")
     results = [run_variant(name, tokenizer, rows, inputs, args.max_queries, config["seed"], log) for name in names]
-    print(f"# {args.dataset}: {len(rows):,} items, fused feature width {rows.shape[1]}, codebooks "
-          f"{'x'.join(map(str, tokenizer.codebook_sizes))}; {time.strftime('%Y-%m-%d %H:%M')}, "
+    print(f"# {args.dataset}: {len(rows):,} items, fused feature width {rows.shape[1]}, k-means codebooks "
+          f"{'x'.join(map(str, tokenizer.codebook_sizes[:tokenizer.params.levels]))} (+ the distinct last level); "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, "
           f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}\n")
+    report = results[0]["report"]
     print(f"Loading {loaded:.0f} s; VRQ's features (alignment head, fusion) {features:.0f} s, "
-          f"peak memory +{memory.gb:.2f} GB; held-out photos {results[0]['report'].get('heldout_queries', 0)}\n")
+          f"peak memory +{memory.gb:.2f} GB; held-out photos {report.get('heldout_queries', 0)}; R@1 / R@5 "
+          f"through the unquantized fused features {report['recall_fused']['R@1']:.4f} / "
+          f"{report['recall_fused']['R@5']:.4f}\n")
     print(table(results))
     if args.json:
         atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "load_s": loaded, "features_s": features,
