@@ -23,6 +23,7 @@ from recbole.utils import EvaluatorType, FeatureSource, FeatureType
 
 from recbole_onevision.compat import install_numpy_aliases
 from recbole_onevision.distributed import gather_rows
+from recbole_onevision.topk import RankedLists, ranked_lists
 
 install_numpy_aliases()  # RecBole's NDCG, reused below, still says np.float
 ORDER, CLICK = 2, 1  # behaviour codes in the collected "mv.behaviour"
@@ -169,8 +170,15 @@ class MultiViewCollector(Collector):
             leaf = dataset.item_feat[self.config["leaf_category_field"]]
             self.leaf = leaf.view(len(leaf), -1)
 
+    def needs_scores(self) -> bool:
+        """Whether a requested metric needs every item's score (not just each row's top-k)."""
+        return any(self.register.need(key) for key in ("rec.meanrank", "rec.score", "data.label"))
+
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
-        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        if isinstance(scores_tensor, RankedLists):
+            self._collect_lists(scores_tensor, positive_u, positive_i)
+        else:
+            super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         if not getattr(self, "metrics", None):
             return
         needed = ([self.query_field] if self.register.need("mv.product_known") else []) + \
@@ -180,7 +188,8 @@ class MultiViewCollector(Collector):
             raise MetricDataError(f"metrics {', '.join(m.__name__ for m in self.metrics)}: the evaluated rows have "
                                   f"no field {', '.join(missing)}; they are users, not searches (a RecBole general "
                                   "model?). These metrics need one row per interaction (a sequential model)")
-        topk = scores_tensor.topk(max(self.topk), dim=-1).indices.cpu()
+        topk = (scores_tensor.items[:, :max(self.topk)] if isinstance(scores_tensor, RankedLists)
+                else scores_tensor.topk(max(self.topk), dim=-1).indices).cpu()
         if self.register.need("mv.product_known"):
             product = self.query_product[interaction[self.query_field].cpu()]
             self.data_struct.update_tensor("mv.product_known", product > 0)
@@ -192,6 +201,18 @@ class MultiViewCollector(Collector):
         if self.register.need("mv.behaviour"):
             self.data_struct.update_tensor("mv.behaviour", self.behaviour_code[interaction[self.behaviour_field].cpu()])
 
+    def _collect_lists(self, lists: RankedLists, positive_u, positive_i) -> None:
+        """What RecBole's collector keeps of a dense score table ("rec.items", "rec.topk"), from
+        each row's ranked list alone."""
+        items = lists.items[:, :max(self.topk)]
+        if self.register.need("rec.items"):
+            self.data_struct.update_tensor("rec.items", items)
+        if self.register.need("rec.topk"):
+            positive_u, positive_i = positive_u.to(items.device), positive_i.to(items.device)
+            hits = torch.zeros(items.shape, dtype=torch.int, device=items.device)
+            hits.index_add_(0, positive_u, (items[positive_u] == positive_i.unsqueeze(1)).int())
+            positives = torch.bincount(positive_u, minlength=len(items)).unsqueeze(1).int()
+            self.data_struct.update_tensor("rec.topk", torch.cat([hits, positives], 1))
 
     def get_data_struct(self):
         struct = super().get_data_struct()
@@ -204,7 +225,9 @@ class MultiViewCollector(Collector):
 
 
 class MultiViewEvaluationMixin:
-    """Trainer mixin: evaluates with :class:`MultiViewCollector`, attached to the data evaluated."""
+    """Trainer mixin: evaluates with :class:`MultiViewCollector`, attached to the data evaluated;
+    full ranking keeps each row's top-k list (:func:`~recbole_onevision.topk.ranked_lists`)
+    instead of a (rows, n_items) score table, unless a metric needs every score."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -214,3 +237,14 @@ class MultiViewEvaluationMixin:
         if eval_data:
             self.eval_collector.attach(eval_data._dataset)
         return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _full_sort_batch_eval(self, batched_data):
+        if self.eval_collector.needs_scores():
+            return super()._full_sort_batch_eval(batched_data)
+        interaction, history_index, positive_u, positive_i = batched_data
+        try:
+            lists = ranked_lists(self.model, interaction.to(self.device), self.tot_item_num,
+                                 max(self.eval_collector.topk), history_index)
+        except NotImplementedError:  # no full_sort_predict: RecBole's item-by-item fallback
+            return super()._full_sort_batch_eval(batched_data)
+        return interaction, lists, positive_u, positive_i

@@ -28,6 +28,7 @@ from torch import nn
 from recbole_onevision.data.dataset import profile_fields
 from recbole_onevision.model.ann_recall import view_index
 from recbole_onevision.model.item_fields import field_vectors, register_item_fields
+from recbole_onevision.topk import RankedLists
 from recbole_onevision.model.visual_knn import check_recall_size, photos_and_views
 from recbole_onevision.model.visual_similarity import ViewTable
 
@@ -114,7 +115,8 @@ class MCA(SequentialRecommender):
             logits = logits.masked_fill(torch.isinf(similarity) & (items != target.unsqueeze(1)), float("-inf"))
         return F.cross_entropy(logits, (items == target.unsqueeze(1)).float().argmax(1))
 
-    def full_sort_predict(self, interaction):
+    def recall_and_rank(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, recall_size) the recalled items and the ranker's scores on them (timed by stage)."""
         start = time.perf_counter()
         items, similarity = self.recall(interaction)
         recalled = time.perf_counter()
@@ -123,8 +125,18 @@ class MCA(SequentialRecommender):
         self.stage_seconds["rank"] += time.perf_counter() - recalled
         if self.recall_index is not None:  # slots the index left empty: not recalled
             scores = scores.masked_fill(torch.isinf(similarity), float("-inf"))
+        return items, scores
+
+    def full_sort_predict(self, interaction):
+        items, scores = self.recall_and_rank(interaction)
         out = torch.full((len(items), self.n_items), float("-inf"), device=items.device)
         return out.scatter_(1, items, scores)
+
+    def full_sort_topk(self, interaction, k: int) -> RankedLists:
+        """The ranked candidates themselves, best first (no dense score row)."""
+        items, scores = self.recall_and_rank(interaction)
+        scores, order = scores.sort(dim=1, descending=True, stable=True)
+        return RankedLists(scores, items.gather(1, order))
 
     def predict(self, interaction):
         return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)

@@ -3,7 +3,8 @@
 ``Searcher.from_checkpoint(path).search(photo=..., user=..., k=10)`` embeds the photo with
 the encoder that made the dataset's embeddings (or takes a precomputed embedding), builds the
 row the model would see in RecBole's evaluator (the photo as query, the user's profile and
-latest history), runs the model's own ``full_sort_predict`` and returns the top k. So search
+latest history), ranks with the model's own ``full_sort_predict`` (or ``full_sort_topk``,
+as the evaluator does: :mod:`recbole_onevision.topk`) and returns the top k. So search
 and evaluation rank the same way; :meth:`Searcher.search_batch` answers many queries with one
 model call (what the service's micro-batching uses).
 """
@@ -17,10 +18,11 @@ import numpy as np
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_onevision.preprocess.image_encoder import ImageError, encoder_from_spec, open_image
+from recbole_onevision.preprocess.image_encoder import ImageError, encoder_from_spec, open_image, same_encoder
 from recbole_onevision.search.errors import SearchError
 from recbole_onevision.search.history import UserHistories
 from recbole_onevision.search.run import LoadedRun, load_run
+from recbole_onevision.topk import ranked_lists
 
 MAX_K = 100
 MAX_PIXELS = 40_000_000  # decoded size a photo may have (a decompression bomb is refused)
@@ -57,8 +59,13 @@ class Answer:
     note: str = ""
 
 
+def _said(description: dict) -> str:
+    rest = ", ".join(f"{k} {v}" for k, v in description.items() if k != "encoder")
+    return repr(description.get("encoder")) + (f" ({rest})" if rest else "")
+
+
 class Searcher:
-    def __init__(self, run: LoadedRun, encoder: str | None = None):
+    def __init__(self, run: LoadedRun, encoder: str | None = None, encoder_weights: str | None = None):
         self.run = run
         self.model, self.dataset, self.catalogue = run.model, run.dataset, run.catalogue
         if not hasattr(self.model, "use_query_photos"):
@@ -69,22 +76,26 @@ class Searcher:
             raise SearchError(f"dataset {run.config['dataset']} has no query photos")
         self.width = int(photos.shape[1])
         self.histories = UserHistories(run.config, self.dataset)
-        self._encoder_spec = self._check_encoder(encoder)
+        self._encoder_spec = self._check_encoder(encoder, encoder_weights)
+        self._encoder_weights = encoder_weights  # default: the weights file the dataset records
         self._encoder = None
         self._lock = threading.Lock()  # the model's photo table is swapped per call
+        if encoder_weights:
+            self.encoder()  # weights named here are checked now
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str, overrides: dict | None = None, encoder: str | None = None):
-        return cls(load_run(checkpoint, overrides), encoder)
+    def from_checkpoint(cls, checkpoint: str, overrides: dict | None = None, encoder: str | None = None,
+                        encoder_weights: str | None = None):
+        return cls(load_run(checkpoint, overrides), encoder, encoder_weights)
 
     @property
     def accepts_images(self) -> bool:
         return self._encoder_spec is not None
 
-    def _check_encoder(self, asked: str | None) -> str | None:
+    def _check_encoder(self, asked: str | None, weights: str | None = None) -> str | None:
         recorded = self.catalogue.encoder
         if recorded is None:
-            if asked:
+            if asked or weights:
                 raise SearchError(f"dataset {self.run.config['dataset']} records no image encoder (its embeddings "
                                   "were not made from images by the converter): it is searched with embeddings only")
             return None
@@ -94,12 +105,20 @@ class Searcher:
         return recorded["encoder"]
 
     def encoder(self):
+        """The dataset's encoder, built on first use (a named model's weights from ``encoder_weights``
+        or the file the dataset records) and checked against the record: same model, same weights."""
         if self._encoder is None:
-            encoder = encoder_from_spec(self._encoder_spec)
-            if "image_size" in self.catalogue.encoder:
-                encoder.image_size = int(self.catalogue.encoder["image_size"])
-            if encoder.describe() != self.catalogue.encoder:
-                raise SearchError(f"encoder {encoder.describe()} differs from the dataset's {self.catalogue.encoder}")
+            recorded = self.catalogue.encoder
+            try:
+                encoder = encoder_from_spec(self._encoder_spec, self._encoder_weights or recorded.get("weights"))
+            except (ImportError, OSError, ValueError) as err:
+                raise SearchError(f"the image encoder of dataset {self.run.config['dataset']}: {err}", 500) from None
+            if "image_size" in recorded:
+                encoder.image_size = int(recorded["image_size"])
+            if not same_encoder(encoder.describe(), recorded):
+                raise SearchError(f"encoder {_said(encoder.describe())} differs from the one dataset "
+                                  f"{self.run.config['dataset']} was embedded with, {_said(recorded)}: photos must be "
+                                  "embedded by the same model with the same weights")
             self._encoder = encoder
         return self._encoder
 
@@ -117,10 +136,8 @@ class Searcher:
         interaction = self.histories.interaction(rows, self.run.config["device"])
         with self._lock, torch.no_grad():
             self.model.use_query_photos(torch.cat([torch.zeros(1, self.width), photos]))
-            scores = self.model.full_sort_predict(interaction).float().cpu()
-        scores[:, 0] = float("-inf")  # the padding item, as RecBole's evaluator does
-        largest = max(q.k for q in queries)
-        values, items = scores.topk(min(largest, scores.shape[1] - 1), dim=1)
+            lists = ranked_lists(self.model, interaction, self.model.n_items, max(q.k for q in queries))
+        values, items = lists.scores.float().cpu(), lists.items.cpu()
         return [self._answer(q, row, values[n], items[n]) for n, (q, row) in enumerate(zip(queries, rows))]
 
     def check(self, query: Query, where: str = "") -> None:

@@ -4,7 +4,8 @@ An encoder reads the query photo, the user's profile and the SIDs of their past 
 (:mod:`.inputs`); a decoder emits the SID of the item to show, code by code (:mod:`.decoder`),
 with beam search constrained to SIDs that exist (:mod:`.beam_search`). ``full_sort_predict``
 turns the beams into a RecBole score row (beam log-probability on the retrieved items, -inf
-elsewhere), so RecBole's evaluator and metrics apply unchanged. Optional parts: the photo's
+elsewhere), so RecBole's evaluator and metrics apply unchanged; ``full_sort_topk`` hands the
+beams to the evaluator as they are (:mod:`recbole_onevision.topk`). Optional parts: the photo's
 similarity to the catalogue in the logits (:mod:`.visual_bias`) and a dense head that ranks
 alone or beside the beams (:mod:`.dense_head`, ``ranking``). Every setting is resolved once
 (:mod:`.params`) and logged at the start of a run.
@@ -28,6 +29,7 @@ from recbole_onevision.model.onevision.item_attributes import ItemAttributes
 from recbole_onevision.model.onevision.params import OneVisionParams
 from recbole_onevision.model.onevision.visual_bias import VisualBias
 from recbole_onevision.model.trie import SIDTrie
+from recbole_onevision.topk import RankedLists, top_of
 from recbole_onevision.trainer import STAGES
 
 
@@ -119,6 +121,14 @@ class OneVision(SequentialRecommender):
             return self.dense_log_probs(interaction)
         items, scores, _ = self.generate(interaction)
         return score_row(items, scores, self.n_items)
+
+    def full_sort_topk(self, interaction, k: int) -> RankedLists:
+        """Each row's ranked list without a dense score row: the beams themselves (the dense
+        head's best ``k`` with ``ranking: dense``)."""
+        if self.params.ranking == "dense":
+            return top_of(self.dense_log_probs(interaction), k)
+        items, scores, _ = self.generate(interaction)
+        return RankedLists(scores, items)
 
     # ----- what the RecBole contract builds on -------------------------------------------------
     @torch.no_grad()
