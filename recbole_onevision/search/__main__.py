@@ -25,6 +25,8 @@ def parse_args(argv):
     parser.add_argument("--history", help="comma-separated item ids, oldest first, used as the user's history")
     parser.add_argument("--k", type=int, default=10, help="how many items (1-100, default 10)")
     parser.add_argument("--encoder", help="the image encoder (refused unless it is the one the dataset records)")
+    parser.add_argument("--encoder-weights", help="the weights file of a torchvision:, timm: or open_clip: encoder "
+                        "(default: the file the dataset records; refused unless its content is the same)")
     return parser.parse_args(argv)
 
 
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from recbole_onevision.search import RunError, Searcher, SearchError
 
     try:
-        searcher = Searcher.from_checkpoint(args.checkpoint, encoder=args.encoder)
+        searcher = Searcher.from_checkpoint(args.checkpoint, encoder=args.encoder, encoder_weights=args.encoder_weights)
         embedding = None
         if args.embedding:
             embedding = np.load(args.embedding, allow_pickle=False)
