@@ -350,12 +350,16 @@ def test_visual_bias_follows_the_photos_nearest_catalogue_views(tiny_root, tmp_p
         prepare(tiny_root, tmp_path, visual_bias=-1.0)
 
 
-def test_path_similarity_equals_the_full_search_along_the_sid(tiny_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("table", [True, False], ids=["level-0 table", "searched per batch"])
+def test_path_similarity_equals_the_full_search_along_the_sid(table, tiny_root, tmp_path, monkeypatch):
     """Teacher forcing reads the photo's similarity only along the target's SID (a level-0
-    table + one subtree's views): it must equal the full search's nodes at the same children."""
+    table, or per batch where the table would be too large, + one subtree's views): it must
+    equal the full search's nodes at the same children."""
     config, dataset, model, (train, _, _) = prepare(tiny_root, tmp_path)
     catalogue = model.visual_bias.catalogue
     monkeypatch.setattr(visual_similarity, "SEARCH_BLOCK", 7 * len(catalogue.views))  # several blocks
+    if not table:
+        monkeypatch.setattr(visual_similarity, "LEVEL0_TABLE_LIMIT", 0)
     generator = torch.Generator().manual_seed(0)
 
     def reference(level_nodes, items):
@@ -382,6 +386,9 @@ def test_path_similarity_equals_the_full_search_along_the_sid(tiny_root, tmp_pat
     got = catalogue.along(views, own, of_views=True)
     for level in range(model.codes.levels):
         assert torch.allclose(got[level], expected[level], atol=1e-6)
+    if not table:
+        assert catalogue.photo_level0 is None and catalogue.view_level0 is None
+        return
     # the level-0 tables cover every photo and view, filled once
     assert catalogue.photo_level0.shape == (len(catalogue.photos), catalogue.node_counts[0])
     table = catalogue.photo_level0

@@ -24,6 +24,9 @@ from torch import nn
 from recbole_onevision.model.trie import SIDTrie
 
 SEARCH_BLOCK = 2 ** 25  # cosines per block of the level-0 table's search (128 MB of float32)
+# above this many cosines (units x views) the level-0 table is not filled once but searched per
+# training batch: at a million items, views x views would take days on a CPU
+LEVEL0_TABLE_LIMIT = 2 ** 38
 
 
 def best_view_similarity(photos: torch.Tensor, views: torch.Tensor, view_item: torch.Tensor,
@@ -136,7 +139,7 @@ class CatalogueSimilarity(nn.Module):
         units = self.views[ids] if of_views else self.photos[ids]
         exclude = ids if of_views else None
         root = self.trie.step(0, torch.zeros_like(items))
-        level0 = self._level0_table(of_views)[ids].gather(1, root.clamp_min(0))
+        level0 = self._level0(ids, of_views).gather(1, root.clamp_min(0))
         out = [level0.masked_fill(root < 0, -1.0)]
         # every (row, view of an item in the subtree of the row item's level-0 node)
         node0 = self.trie.item_nodes(0)[items]
@@ -164,11 +167,29 @@ class CatalogueSimilarity(nn.Module):
                 parent = self.trie.item_nodes(level)[items]
         return out
 
+    def _level0(self, ids: torch.Tensor, of_views: bool) -> torch.Tensor:
+        """(rows, level-0 nodes) for photos (or views) ``ids``: from the table filled once, or,
+        where that table would be too large to fill, searched for these rows alone."""
+        units = self.views if of_views else self.photos
+        if len(units) * len(self.views) <= LEVEL0_TABLE_LIMIT:
+            return self._level0_table(of_views)[ids]
+        with torch.no_grad():
+            return self._best_per_node0(units[ids], ids if of_views else None)
+
     def _level0_table(self, of_views: bool) -> torch.Tensor:
         name = "view_level0" if of_views else "photo_level0"
         if getattr(self, name) is None:
             setattr(self, name, self._search_level0(self.views if of_views else self.photos, of_views))
         return getattr(self, name)
+
+    def _best_per_node0(self, rows: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+        """(rows, level-0 nodes) each row's best cosine to a view under each node (-1: none);
+        ``own``: each row's own view id, never matched (rows that are catalogue views)."""
+        cosine = rows @ self.views.T
+        if own is not None:
+            cosine[torch.arange(len(rows), device=rows.device), own] = float("-inf")
+        out = torch.full((len(rows), self.node_counts[0]), -1.0, device=rows.device)
+        return out.scatter_reduce_(1, self.view_node0.expand(len(rows), -1), cosine, "amax")
 
     @torch.no_grad()
     def _search_level0(self, units: torch.Tensor, of_views: bool) -> torch.Tensor:
@@ -178,17 +199,12 @@ class CatalogueSimilarity(nn.Module):
         what = "catalogue views" if of_views else "query photos"
         log.info(f"visual bias: searching the catalogue ({len(self.views)} views) once for "
                  f"{len(units)} {what} (the level-0 table)")
-        nodes = self.view_node0.expand(1, -1)
         block = max(1, SEARCH_BLOCK // max(len(self.views), 1))
         out = torch.empty(len(units), self.node_counts[0], device=units.device)
         for start in range(0, len(units), block):
             rows = units[start:start + block]
-            cosine = rows @ self.views.T
-            if of_views:
-                own = torch.arange(start, start + len(rows), device=units.device)
-                cosine[torch.arange(len(rows), device=units.device), own] = float("-inf")
-            out[start:start + len(rows)] = torch.full_like(out[start:start + len(rows)], -1.0).scatter_reduce_(
-                1, nodes.expand(len(rows), -1), cosine, "amax")
+            own = torch.arange(start, start + len(rows), device=units.device) if of_views else None
+            out[start:start + len(rows)] = self._best_per_node0(rows, own)
             if (start // block) % 200 == 199:
                 log.info(f"visual bias: {start + len(rows)} / {len(units)} {what}")
         return out
