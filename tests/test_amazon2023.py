@@ -69,6 +69,24 @@ def test_converts_fields_without_fetching_images(tmp_path):
      r"reviews.jsonl, line 5: rating 'five' is not a number"),
     ("reviews", '{"user_id": "U9", "parent_asin": "B001", "timestamp": 1, "images": {"a": 1}}',
      r"reviews.jsonl, line 5: 'images' must be a list of objects"),
+    # fields of the wrong type or value, which would otherwise be written as something else
+    ("reviews", '{"user_id": "U9", "parent_asin": "B001", "timestamp": 1, "verified_purchase": "false"}',
+     r"reviews.jsonl, line 5: verified_purchase 'false' is not true/false"),
+    ("reviews", '{"user_id": ["U9"], "parent_asin": "B001", "timestamp": 1}',
+     r"reviews.jsonl, line 5: user_id must be a string, got \['U9'\]"),
+    ("reviews", '{"user_id": "  ", "parent_asin": "B001", "timestamp": 1}', r"reviews.jsonl, line 5: missing 'user_id'"),
+    ("reviews", '{"user_id": "U9", "parent_asin": "B001", "timestamp": NaN}', r"reviews.jsonl, line 5: timestamp nan is not a number"),
+    ("reviews", '{"user_id": "U9", "parent_asin": "B001", "timestamp": true}', r"reviews.jsonl, line 5: timestamp True is not a number"),
+    ("reviews", '{"user_id": "U9", "parent_asin": "B001", "timestamp": 1, "rating": ""}', r"reviews.jsonl, line 5: rating '' is not a number"),
+    ("reviews", '{"user_id": "U9", "parent_asin": "B001", "timestamp": 1, "images": [{"large_image_url": 7}]}',
+     r"reviews.jsonl, line 5: 'images': large_image_url must be a string, got 7"),
+    ("meta", '{"parent_asin": {"id": "B003"}}', r"meta.jsonl, line 3: parent_asin must be a string"),
+    ("meta", '{"parent_asin": "B003", "store": ["A", "B"]}', r"meta.jsonl, line 3: 'store' must be a string"),
+    ("meta", '{"parent_asin": "B003", "price": NaN}', r"meta.jsonl, line 3: price nan is not a number"),
+    ("meta", '{"parent_asin": "B003", "images": [{"large": "https://x/a\\tb.jpg"}]}',
+     r"meta.jsonl, line 3: 'images': large .* contains a tab or line break"),
+    ("meta", '{"parent_asin": "B003", "images": [{"large": "https://x/a.jpg", "variant": 3}]}',
+     r"meta.jsonl, line 3: 'variant' must be a string, got 3"),
 ])
 def test_malformed_lines_are_named(tmp_path, which, line, message):
     meta_path, reviews_path = write(tmp_path, lambda n: f"https://example.invalid/{n}.jpg")
@@ -76,6 +94,19 @@ def test_malformed_lines_are_named(tmp_path, which, line, message):
         f.write(line + "\n")
     with pytest.raises(amazon2023.Amazon2023Error, match=message):
         amazon2023.convert(meta_path, reviews_path, str(tmp_path / "out"), "amz")
+
+
+def test_a_repeated_review_gets_its_own_query_id(tmp_path):
+    """Two reviews with one user, item and timestamp (a duplicated review) and a photo each: the
+    second query id ends in #2, so the dataset loads (one id twice would be refused there)."""
+    meta_path, reviews_path = write(tmp_path, lambda n: f"https://example.invalid/{n}.jpg")
+    with open(reviews_path, "a") as f:
+        f.write(json.dumps(review("U1", "B001", 1600000000000, ["https://example.invalid/a5.jpg"])) + "\n")
+    folder = amazon2023.convert(meta_path, reviews_path, str(tmp_path / "out"), "amz")
+    queries = [line.split("\t")[0] for line in open(f"{folder}/amz.query").read().splitlines()[1:]]
+    assert queries == ["U1@B001@1600000000000", "U2@B002@1600000200000", "U1@B001@1600000000000#2"]
+    inter = [line.split("\t")[2] for line in open(f"{folder}/amz.inter").read().splitlines()[1:]]
+    assert inter[-1] == "U1@B001@1600000000000#2"
 
 
 def test_bytes_that_are_not_utf8_are_named(tmp_path):

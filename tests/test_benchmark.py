@@ -62,6 +62,7 @@ def test_quick_grid_writes_table_and_plot_and_resumes(tmp_path, capsys):
     ("VisualKNN,SASRek", "tinyshop", [], "unknown model 'SASRek'"),
     ("VisualKNN", "tinyshop,nowhere", [], "dataset 'nowhere': .*nowhere.inter not found"),
     ("VisualKNN,MCA", "tinyshop", ["--MCA.epochz=3"], "epochz"),
+    ("VisualKNN", "tinyshop", ["--latency_queries=-5"], "--latency_queries: expected 0 or more .* got -5"),
 ])
 def test_the_grid_is_checked_before_its_first_cell(tmp_path, capsys, models, datasets, extra, message):
     mvshop.generate("mini", str(tmp_path), spec=TINY)

@@ -42,6 +42,36 @@ def test_bytes_that_are_not_utf8_are_named_with_file_line_and_column(tmp_path):
         create_dataset(config)
 
 
+def _append(name, line):
+    def edit(folder):
+        with open(folder / name, "a") as f:
+            f.write(line + "\n")
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_append("shop.item", "i13\tc1\textra"), "shop.item, line 14: 3 fields where the header has 2 \\(item_id, category\\)"),
+    (_append("shop.item", "i13"), "shop.item, line 14: 1 field where the header has 2"),
+    (_append("shop.inter", "u1\ti3\t9\tx"), "shop.inter, line 42: 4 fields where the header has 3"),
+    (_append("shop.inter", "u1\ti3\tsoon"), "shop.inter, line 42, column 3: field 'timestamp' is typed 'float', got 'soon'"),
+    (_append("shop.user", "u9\told"), "shop.user, line 10, column 2: field 'age' is typed 'float', got 'old'"),
+    (lambda folder: (folder / "shop.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"),
+     "shop.inter: no interactions \\(nothing below the header\\)"),
+])
+def test_rows_recbole_would_shift_or_fail_on_are_named(tmp_path, edit, message):
+    """A row of another width than its header (RecBole would drop or fill fields silently), a
+    float that is not a number (RecBole names neither file nor line), no interactions."""
+    config = write_shop(tmp_path)
+    edit(tmp_path / "shop")
+    with pytest.raises(ValueError, match=message):
+        create_dataset(config)
+
+
+def test_missing_values_and_blank_lines_still_load(tmp_path):
+    config = write_shop(tmp_path, user_rows=["u9\tNA", "", "u10\t"])
+    assert create_dataset(config).user_num == 11
+
+
 @pytest.mark.parametrize("header, message", [
     ("user_id:token\tage:number", "shop.user, line 1, column 2: field 'age' has type 'number'"),
     ("user_id:token\tage", "shop.user, line 1, column 2: field 'age' has type ''; expected 'name:type'"),

@@ -62,6 +62,40 @@ def test_same_file_names_in_two_objects_get_distinct_ids_and_numbers_order_natur
     assert len({line.split("\t")[0] for line in open(f"{folder}/shop.view")}) == 5  # header + 4 distinct views
 
 
+@pytest.mark.parametrize("files, pattern, message", [
+    ([b"cat/obj/\xe9.jpg", b"cat/obj/b.jpg"], None, r"cat/obj/\\xe9.jpg: the name is not UTF-8 \(byte 0xe9\)"),
+    ([b"cat/ob\xe9/a.jpg", b"cat/ob\xe9/b.jpg"], None, r"cat/ob\\xe9: the name is not UTF-8"),
+    (["cat/o\tbj/a.jpg", "cat/o\tbj/b.jpg"], None, r"o\\tbj': the name holds a tab or line break"),
+    (["cat/obj/a\nx.jpg", "cat/obj/b.jpg"], None, r"a\\nx.jpg': the name holds a tab or line break"),
+    (["cat/obj/a.jpg", "cat/obj/b.jpg"], "zzz", r"--query-pattern 'zzz' matches none of the 2 images"),
+    (["cat/obj/a.jpg", "cat/other/b.jpg"], None, r"query_share 0.25 picks none .* of the 2 images"),
+])
+def test_names_the_files_cannot_hold_and_no_queries_are_refused_before_embedding(tmp_path, files, pattern, message):
+    """A name that is not UTF-8 or holds a tab or line break (it would shift the written files'
+    columns), or no query photo at all (no interactions): refused naming the path or the rule,
+    before any image is embedded."""
+    class Refuses(FakeEncoder):
+        def embed_cached(self, paths, cache_dir, show_progress):
+            raise AssertionError("embedded before the check")
+
+    for f in files:
+        path = os.path.join(os.fsencode(tmp_path / "src"), f) if isinstance(f, bytes) else str(tmp_path / "src" / f)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").close()
+    with pytest.raises(image_folder.ImageFolderError, match=message):
+        image_folder.convert(str(tmp_path / "src"), str(tmp_path / "out"), "shop", query_pattern=pattern,
+                             encoder=Refuses(), show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_category_with_spaces_stays_one_token(tmp_path):
+    for view in range(3):
+        touch(str(tmp_path / "src" / "running shoes" / "obj" / f"{view}.jpg"))
+    folder = image_folder.convert(str(tmp_path / "src"), str(tmp_path / "out"), "shop", query_pattern="^0$",
+                                  encoder=FakeEncoder(), show_progress=False)
+    assert open(f"{folder}/shop.item").read().splitlines()[1] == "obj\trunning_shoes"
+
+
 def test_two_images_one_name_in_one_folder_are_refused(tmp_path):
     touch(str(tmp_path / "cat" / "obj" / "a.jpg"))
     touch(str(tmp_path / "cat" / "obj" / "a.png"))

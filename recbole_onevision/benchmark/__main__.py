@@ -86,6 +86,8 @@ def main(argv=None) -> dict:
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not (models and datasets and seeds):
         parser.error("--models, --datasets and --seeds each need at least one value")
+    if args.latency_queries is not None and args.latency_queries < 0:
+        parser.error(f"--latency_queries: expected 0 or more single queries to time, got {args.latency_queries}")
     latency = args.latency_queries if args.latency_queries is not None else (20 if args.quick else 200)
     quick = QUICK + [f"--{model}.{o[2:]}" for model in models for o in QUICK_OWN.get(model, [])]
     overrides = [f"--latency_queries={latency}"] + (quick if args.quick else []) + overrides

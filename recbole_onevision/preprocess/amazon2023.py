@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import urllib.request
@@ -58,9 +59,54 @@ def _read_jsonl(path: str):
 
 def _require(record: dict, field: str, path: str, lineno: int):
     value = record.get(field)
-    if value in (None, ""):
+    if value is None or value == "":
         raise Amazon2023Error(f"{path}, line {lineno}: missing {field!r}")
     return value
+
+
+def _id(record: dict, field: str, path: str, lineno: int) -> str:
+    """``record[field]`` as a RecBole token: an id must be a string (or an integer), and not blank."""
+    value = _require(record, field, path, lineno)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Amazon2023Error(f"{path}, line {lineno}: {field} must be a string, got {value!r:.80}")
+    token = _token(value)
+    if not token:
+        raise Amazon2023Error(f"{path}, line {lineno}: missing {field!r} (only blanks)")
+    return token
+
+
+def _number(value, field: str, path: str, lineno: int) -> float:
+    """A finite JSON number (not true/false, NaN or infinity), else an error naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Amazon2023Error(f"{path}, line {lineno}: {field} {value!r:.80} is not a number")
+    return float(value)
+
+
+def _text(record: dict, field: str, path: str, lineno: int) -> str:
+    """An optional string field (absent or null: empty)."""
+    value = record.get(field)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Amazon2023Error(f"{path}, line {lineno}: {field!r} must be a string, got {value!r:.80}")
+    return value
+
+
+def _url(image: dict, fields: tuple[str, ...], path: str, lineno: int, list_field: str) -> str | None:
+    """The first of ``fields`` an image object has: a string without tabs or line breaks (it is
+    written into a tab-separated file), else an error naming the field."""
+    for field in fields:
+        value = image.get(field)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise Amazon2023Error(f"{path}, line {lineno}: {list_field!r}: {field} must be a string, got "
+                                  f"{value!r:.80}")
+        if any(c in value for c in "\t\r\n"):
+            raise Amazon2023Error(f"{path}, line {lineno}: {list_field!r}: {field} {value!r:.80} contains a "
+                                  "tab or line break")
+        return value
+    return None
 
 
 def _list(record: dict, field: str, path: str, lineno: int, of: type) -> list:
@@ -77,22 +123,28 @@ def _list(record: dict, field: str, path: str, lineno: int, of: type) -> list:
 def read_items(path: str) -> dict[str, dict]:
     items = {}
     for lineno, r in _read_jsonl(path):
-        asin = _token(_require(r, "parent_asin", path, lineno))
+        asin = _id(r, "parent_asin", path, lineno)
         if asin in items:
             raise Amazon2023Error(f"{path}, line {lineno}: duplicate parent_asin {asin!r}")
         price = r.get("price")
-        if price is not None and not isinstance(price, (int, float)):
+        if isinstance(price, str):  # published prices are numbers, some scraped ones "$1,299.00"
             try:
-                price = float(str(price).replace("$", "").replace(",", ""))
+                price = float(price.replace("$", "").replace(",", ""))
             except ValueError:
                 raise Amazon2023Error(f"{path}, line {lineno}: price {price!r} is not a number") from None
+        if price is not None:
+            price = _number(price, "price", path, lineno)
         categories = [_token(c) for c in _list(r, "categories", path, lineno, str)]
+        images = []
+        for img in _list(r, "images", path, lineno, dict):
+            url = _url(img, ("large", "hi_res"), path, lineno, "images")
+            if url:
+                images.append((_token(_text(img, "variant", path, lineno) or "MAIN"), url))
         items[asin] = {
             "path": ["/".join(categories[: d + 1]) for d in range(len(categories))],
-            "brand": _token(r.get("store") or ""),
-            "price": "" if price is None else float(price),
-            "images": [(_token(img.get("variant") or "MAIN"), img.get("large") or img.get("hi_res"))
-                       for img in _list(r, "images", path, lineno, dict) if img.get("large") or img.get("hi_res")],
+            "brand": _token(_text(r, "store", path, lineno)),
+            "price": "" if price is None else price,
+            "images": images,
         }
     if not items:
         raise Amazon2023Error(f"{path}: no items")
@@ -102,21 +154,20 @@ def read_items(path: str) -> dict[str, dict]:
 def read_reviews(path: str, items: dict) -> list[dict]:
     reviews = []
     for lineno, r in _read_jsonl(path):
-        asin = _token(_require(r, "parent_asin", path, lineno))
+        asin = _id(r, "parent_asin", path, lineno)
         if asin not in items:
             raise Amazon2023Error(f"{path}, line {lineno}: parent_asin {asin!r} is not in the item metadata")
-        timestamp = _require(r, "timestamp", path, lineno)
-        if not isinstance(timestamp, (int, float)):
-            raise Amazon2023Error(f"{path}, line {lineno}: timestamp {timestamp!r} is not a number")
-        photos = [img.get("large_image_url") or img.get("medium_image_url")
+        timestamp = _number(_require(r, "timestamp", path, lineno), "timestamp", path, lineno)
+        photos = [_url(img, ("large_image_url", "medium_image_url"), path, lineno, "images")
                   for img in _list(r, "images", path, lineno, dict)]
-        rating = r.get("rating") or 0.0
-        if isinstance(rating, bool) or not isinstance(rating, (int, float)):
-            raise Amazon2023Error(f"{path}, line {lineno}: rating {rating!r} is not a number")
+        rating = r.get("rating")
+        rating = 0.0 if rating is None else _number(rating, "rating", path, lineno)
+        verified = r.get("verified_purchase")
+        if verified is not None and not isinstance(verified, bool):
+            raise Amazon2023Error(f"{path}, line {lineno}: verified_purchase {verified!r:.80} is not true/false")
         reviews.append({
-            "user": _token(_require(r, "user_id", path, lineno)), "item": asin, "time": timestamp / 1000.0,
-            "rating": float(rating), "verified": bool(r.get("verified_purchase")),
-            "photos": [p for p in photos if p], "line": lineno,
+            "user": _id(r, "user_id", path, lineno), "item": asin, "time": timestamp / 1000.0,
+            "rating": rating, "verified": bool(verified), "photos": [p for p in photos if p], "line": lineno,
         })
     if not reviews:
         raise Amazon2023Error(f"{path}: no reviews")
@@ -144,8 +195,18 @@ def convert(meta_path: str, reviews_path: str, out: str, name: str, embed: bool 
 
     views = [(f"{asin}#{k}", asin, variant, url) for asin, item in items.items()
              for k, (variant, url) in enumerate(item["images"])]
-    queries = [(f"{r['user']}@{r['item']}@{int(r['time'] * 1000)}", r["item"], r["photos"][0])
-               for r in reviews if r["photos"]]
+    queries, taken = [], {}
+    for r in (r for r in reviews if r["photos"]):
+        # <user>@<item>@<timestamp>; a review repeating another's three (a duplicated review) gets
+        # #2, #3, ...: two query rows with one id would be refused when the dataset is loaded
+        query_id = f"{r['user']}@{r['item']}@{int(r['time'] * 1000)}"
+        taken[query_id] = taken.get(query_id, 0) + 1
+        queries.append((query_id if taken[query_id] == 1 else f"{query_id}#{taken[query_id]}", r["item"],
+                        r["photos"][0]))
+    repeated = sum(n - 1 for n in taken.values())
+    if repeated:
+        logger.warning("%s: %d reviews with a photo repeat another's user, item and timestamp; their query ids "
+                       "end in #2, #3, ...", reviews_path, repeated)
     extra = sum(max(0, len(r["photos"]) - 1) for r in reviews)
     query_of = iter(q[0] for q in queries)
     write_atomic_file(path("item"), ["item_id:token", "category:token_seq", "brand:token", "price:float"],

@@ -51,6 +51,7 @@ def scan(src: str) -> list[tuple[str, str, str]]:
         for obj, obj_dir in _subfolders(cat_dir, "object"):
             files = sorted((f for f in os.listdir(obj_dir) if not f.startswith(".")), key=natural_key)
             for f in files:
+                _check_name(os.path.join(obj_dir, f), f)
                 if not f.lower().endswith(IMAGE_EXTENSIONS):
                     raise ImageFolderError(f"{os.path.join(obj_dir, f)}: not an image ({'/'.join(IMAGE_EXTENSIONS)})")
                 records.append((category, obj, os.path.join(obj_dir, f)))
@@ -82,24 +83,42 @@ def image_id(obj: str, path: str) -> str:
     return f"{obj}/{os.path.splitext(os.path.basename(path))[0]}"
 
 
+def _check_name(path: str, name: str) -> None:
+    """A name becomes part of an id in a tab-separated UTF-8 file: it must be UTF-8 (a file system
+    may hold other bytes) and hold no tab or line break (they would shift the file's columns)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as err:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise ImageFolderError(f"{shown}: the name is not UTF-8 (byte {ord(name[err.start]) - 0xdc00:#04x}); "
+                               "rename it") from None
+    if any(c in name for c in "\t\r\n"):
+        raise ImageFolderError(f"{path!r}: the name holds a tab or line break; rename it")
+
+
 def _subfolders(path: str, kind: str):
     """(name, path) of ``path``'s entries in name order, hidden ones skipped; each must be a folder."""
     for name in sorted(os.listdir(path)):
         if name.startswith("."):
             continue
         sub = os.path.join(path, name)
+        _check_name(sub, name)
         if not os.path.isdir(sub):
             raise ImageFolderError(f"{sub}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} folder "
                                    "(<category>/<object>/<view>.jpg)")
         yield name, sub
 
 
-def _matches(records, regex: str, option: str) -> np.ndarray:
-    """Boolean mask of the records whose file name (without extension) contains ``regex``."""
+def _compile(regex: str, option: str) -> re.Pattern:
     try:
-        pattern = re.compile(regex)
+        return re.compile(regex)
     except re.error as err:  # re.error is no ValueError: the CLI would print a traceback
         raise ImageFolderError(f"{option} {regex!r}: invalid regular expression ({err})") from None
+
+
+def _matches(records, regex: str, option: str) -> np.ndarray:
+    """Boolean mask of the records whose file name (without extension) contains ``regex``."""
+    pattern = _compile(regex, option)
     return np.array([bool(pattern.search(os.path.splitext(os.path.basename(p))[0])) for _, _, p in records])
 
 
@@ -117,6 +136,10 @@ def choose_queries(records, query_pattern: str | None, query_share: float, seed:
             rows = np.flatnonzero(objects == obj)
             n = min(len(rows) - 1, int(round(query_share * len(rows))))
             is_query[rng.choice(rows, size=n, replace=False)] = True
+    if not is_query.any():  # no interactions: RecBole would stop at load with "Some feat is empty"
+        rule = (f"--query-pattern {query_pattern!r} matches none" if query_pattern is not None else
+                f"query_share {query_share} picks none (an object with one image keeps it as its catalogue view)")
+        raise ImageFolderError(f"{rule} of the {len(records)} images; the dataset needs query photos")
     for obj in dict.fromkeys(r[1] for r in records):
         if all(is_query[i] for i, r in enumerate(records) if r[1] == obj):
             raise ImageFolderError(f"object {obj!r}: every image was chosen as a query; it needs at least "
@@ -151,6 +174,9 @@ def convert(src: str, out: str, name: str | None = None, query_pattern: str | No
     """Write ``out/<name>/`` (default name: the folder's name); returns that folder."""
     from recbole_onevision.preprocess.image_encoder import encoder_from_spec
 
+    for regex, option in ((query_pattern, "--query-pattern"), (view_pattern, "--view-pattern")):
+        if regex is not None:
+            _compile(regex, option)  # both named before any other check of the images
     records = scan(src)
     is_query = choose_queries(records, query_pattern, query_share, seed)
     is_view = choose_views(records, is_query, view_pattern)
@@ -168,7 +194,9 @@ def convert(src: str, out: str, name: str | None = None, query_pattern: str | No
     queries = np.flatnonzero(is_query)
     path = lambda ext: os.path.join(folder, f"{name}.{ext}")  # noqa: E731
     objects = dict.fromkeys((r[1], r[0]) for r in records)
-    write_atomic_file(path("item"), ["item_id:token", "category:token_seq"], ((o, [c]) for o, c in objects))
+    # a category is one token of a space-separated token_seq: "running shoes" would be two
+    write_atomic_file(path("item"), ["item_id:token", "category:token_seq"],
+                      ((o, [re.sub(r"\s+", "_", c)]) for o, c in objects))
     write_atomic_file(path("view"), ["view_id:token", "item_id:token"],
                       ((ids[i], records[i][1]) for i in views))
     write_atomic_file(path("query"), ["query_id:token", "product_id:token"],
