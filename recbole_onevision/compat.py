@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from recbole_onevision.io import atomic_open
+from recbole_onevision.io import atomic_open, remove_orphans_in
 
 # RecBole model packages, in the order RecBole's own ``get_model`` searches them.
 RECBOLE_MODEL_PACKAGES = (
@@ -122,6 +122,22 @@ def load_checkpoint(path: str, map_location=None) -> dict:
         ) from err
 
 
+def load_weights(model, checkpoint: dict, path: str, model_name: str) -> None:
+    """Load ``checkpoint``'s weights into ``model`` (a ``model_name``), refusing, with one
+    message naming ``path``, a checkpoint of another model or one whose weights do not fit."""
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    recorded = config.get("model") if isinstance(config, dict) else None
+    if str(recorded).lower() != model_name.lower():
+        raise ValueError(f"{path}: a checkpoint of model {recorded or '(unrecorded)'}, but this run is {model_name}")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError) as err:  # torch's missing/unexpected keys, size mismatches
+        detail = str(err).strip().splitlines()
+        raise ValueError(f"{path}: its weights do not fit this {model_name} ({detail[-1].strip() if detail else err}); "
+                         "load it with the settings it was trained with") from None
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+
+
 class SafeCheckpointMixin:
     """Trainer mixin: checkpoints hold only what torch's safe loader accepts, written atomically.
 
@@ -134,6 +150,8 @@ class SafeCheckpointMixin:
         # RecBole names checkpoints <model>-<local time to the second>.pth, so two runs started
         # in the same second (e.g. one per dataset, side by side) overwrite each other's.
         self.saved_model_file = unique_checkpoint_path(self.checkpoint_dir, config["model"], config["dataset"])
+        # a run killed while saving leaves a temporary no later run would write over
+        remove_orphans_in(self.checkpoint_dir, ".pth")
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -155,17 +173,11 @@ class SafeCheckpointMixin:
     def resume_checkpoint(self, resume_file):
         resume_file = str(resume_file)
         checkpoint = load_checkpoint(resume_file, map_location=self.device)
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            raise ValueError(
-                f"{resume_file}: checkpoint of model {checkpoint['config']['model']}, "
-                f"but this run trains {self.config['model']}"
-            )
+        load_weights(self.model, checkpoint, resume_file, self.config["model"])
         self.saved_model_file = resume_file
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
@@ -173,8 +185,7 @@ class SafeCheckpointMixin:
         if load_best_model and eval_data:
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            load_weights(self.model, checkpoint, checkpoint_file, self.config["model"])
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, False, model_file, show_progress)
 

@@ -23,11 +23,25 @@ def _alive(pid: int) -> bool:
 def remove_orphans(path: str) -> list[str]:
     """Delete the temporaries of ``path`` left by writers that no longer run (a killed run);
     a live writer's is kept. Returns what was deleted."""
-    directory, prefix = os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}."
+    base = os.path.basename(path)
+    return _remove_dead(os.path.dirname(os.path.abspath(path)), lambda target: target == base)
+
+
+def remove_orphans_in(directory: str, suffix: str) -> list[str]:
+    """As :func:`remove_orphans`, for every file of ``directory`` ending in ``suffix`` (e.g.
+    checkpoints, whose names are unique per run, so no later writer of the same name cleans up)."""
+    return _remove_dead(directory, lambda target: target.endswith(suffix))
+
+
+def _remove_dead(directory: str, wanted) -> list[str]:
+    """Remove ``.<target>.<pid>.<random>.tmp`` files (:func:`atomic_open`'s temporaries) whose
+    target is ``wanted`` and whose writer is gone."""
     removed = []
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        pid = name[len(prefix):].split(".", 1)[0]
-        if name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        target, _, pid = name[1:-len(".tmp")].rpartition(".")[0].rpartition(".")
+        if wanted(target) and pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, name))
                 removed.append(name)

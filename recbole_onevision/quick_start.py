@@ -19,7 +19,7 @@ import torch
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_onevision import distributed
-from recbole_onevision.compat import load_checkpoint
+from recbole_onevision.compat import load_checkpoint, load_weights
 from recbole_onevision.config import Config
 from recbole_onevision.config_checks import check_topk
 from recbole_onevision.io import atomic_write_text
@@ -146,9 +146,7 @@ def load_trained(model, dataset, checkpoint: str, config_file_list=None, config_
     extra = before_split(config, data) if before_split is not None else None
     splits = data_preparation(config, data)
     trained = config.model_class(config, splits[0]._dataset).to(config["device"])
-    state = load_checkpoint(checkpoint, map_location=config["device"])
-    trained.load_state_dict(state["state_dict"])
-    trained.load_other_parameter(state.get("other_parameter"))
+    load_weights(trained, load_checkpoint(checkpoint, map_location=config["device"]), checkpoint, config["model"])
     trained.eval()
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, trained)
     return Trained(config, trained, trainer, splits, extra)

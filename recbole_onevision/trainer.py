@@ -8,7 +8,7 @@ import numpy as np
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
-from recbole_onevision.compat import load_checkpoint
+from recbole_onevision.compat import atomic_torch_save, load_checkpoint, load_weights
 
 STAGES = ("pretrain", "sft", "dpo")  # in the order the paper trains them
 STAGE_KEYS = {"pretrain": {"epochs", "learning_rate"}, "sft": {"epochs", "learning_rate"},
@@ -82,16 +82,7 @@ class OneVisionTrainer(Trainer):
                              "photos; the dataset has none, or visual_tokens is 0)")
         start = self.config["start_checkpoint"]
         if start:
-            checkpoint = load_checkpoint(str(start), map_location=self.device)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            from recbole_onevision.model.onevision.checkpoint import stages_of  # here: the model imports us
-
-            done = stages_of(checkpoint["state_dict"])
-            self.model.stages_done = done
-            self.logger.info(f"OneVision: starting from {start} (stages done: {', '.join(done) or 'none recorded'})")
-            for stage in [s for s in runnable if s.name in done]:
-                self.logger.info(f"OneVision: skipping stage {stage.name!r}: {start} has done it")
-            runnable = [s for s in runnable if s.name not in done]
+            runnable = self._resume_from(str(start), runnable)
         base = os.path.splitext(self.saved_model_file)[0]
         result = (self.best_valid_score, None)
         for stage in plan:
@@ -118,6 +109,34 @@ class OneVisionTrainer(Trainer):
                 self.stage_files[stage.name] = self.saved_model_file
                 best = load_checkpoint(self.saved_model_file, map_location=self.device)
                 self.model.load_state_dict(best["state_dict"])
+                # written mid-stage (its best epoch so far); only now has it finished the stage
+                from recbole_onevision.model.onevision import checkpoint  # here: the model imports us
+
+                checkpoint.mark_finished(best["state_dict"], stage.name)
+                atomic_torch_save(best, self.saved_model_file)
             self.model.stages_done = (*self.model.stages_done, stage.name)
             self.logger.info(f"OneVision stage {stage.name} done: best valid {self.valid_metric} {result[0]:.4f}")
         return result
+
+    def _resume_from(self, start: str, runnable: list) -> list:
+        """Load ``start_checkpoint``; the stages of ``runnable`` it has not finished."""
+        from recbole_onevision.model.onevision import checkpoint  # here: the model imports us
+
+        saved = load_checkpoint(start, map_location=self.device)
+        load_weights(self.model, saved, start, self.config["model"])
+        done = checkpoint.stages_of(saved["state_dict"])
+        self.model.stages_done = done
+        self.logger.info(f"OneVision: starting from {start} (stages done: {', '.join(done) or 'none recorded'})")
+        for stage in [s for s in runnable if s.name in done]:
+            self.logger.info(f"OneVision: skipping stage {stage.name!r}: {start} has done it")
+        running = checkpoint.running_stage(saved["state_dict"])
+        if running:
+            self.logger.warning(f"OneVision: {start} was saved in the middle of stage {running!r} (its best epoch "
+                                f"so far): that stage runs again in full from these weights. To end where an "
+                                "uninterrupted run ends, start from the previous stage's checkpoint")
+        left = [s for s in runnable if s.name not in done]
+        if not left:
+            raise ValueError(f"config start_checkpoint: {start} has done every stage of config stages "
+                             f"({', '.join(s.name for s in runnable)}): nothing to train; evaluate it with "
+                             f"--checkpoint={start}")
+        return left

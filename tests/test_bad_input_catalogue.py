@@ -109,7 +109,7 @@ def _checkpoint_cases(search_runs, tmp_path):
     text.write_text("not a checkpoint\n")
     cases["text"] = (text, "notes.pth: .*(not a readable checkpoint|refusing|unreadable)")
     cases["missing"] = (tmp_path / "missing.pth", "checkpoint file not found: .*missing.pth")
-    cases["another model"] = (search_runs[1]["VisualKNN"], "OneVision checkpoint: format unrecorded")
+    cases["another model"] = (search_runs[1]["VisualKNN"], "a checkpoint of model VisualKNN, but this run is OneVision")
     older = dict(state, state_dict={k: v for k, v in state["state_dict"].items() if not k.endswith("_extra_state")})
     torch.save(older, tmp_path / "older.pth")
     cases["an earlier format"] = (tmp_path / "older.pth", "OneVision checkpoint: format unrecorded")
@@ -139,4 +139,21 @@ def test_checkpoint(search_runs, tmp_path, name):
             "state": "WARNING", "vrq_align_steps": 100, "d_model": 32, "ffn_size": 64,
             "stages": {"pretrain": {"epochs": 2}, "sft": {"epochs": 2}, "dpo": {"epochs": 1}}}, checkpoint=str(path))
     assert not (tmp_path / "PWNED").exists()
+
+
+# any model, not only OneVision: (model evaluated, its overrides, checkpoint's run, expected message)
+OTHER_RUNS = [("MCA", {}, "VisualKNN", "a checkpoint of model VisualKNN, but this run is MCA"),
+              ("VisualKNN", {}, "MCA", "a checkpoint of model MCA, but this run is VisualKNN"),
+              ("MCA", {"embedding_size": 32}, "MCA", "its weights do not fit this MCA .*size mismatch"),
+              ("MCA", {"ranker_hidden": 64}, "MCA", "its weights do not fit this MCA")]
+
+
+@pytest.mark.parametrize("model, overrides, of, message", OTHER_RUNS,
+                         ids=[f"{m} given {o}{' ' + str(x) if x else ''}" for m, x, o, _ in OTHER_RUNS])
+def test_checkpoint_of_another_run(search_runs, tmp_path, model, overrides, of, message):
+    root, runs = search_runs
+    with pytest.raises(ValueError, match=message):
+        run(model, "tinyshop", [dataset_properties_file("mvshop-mini")], {
+            "data_path": str(root), "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False,
+            "state": "WARNING", **overrides}, checkpoint=str(runs[of]))
 

@@ -28,6 +28,26 @@ def test_the_next_writer_removes_a_killed_writers_temporary_and_keeps_a_live_one
     assert remove_orphans(str(tmp_path / "other.txt")) == [other.name]
 
 
+def test_a_new_run_removes_checkpoint_temporaries_of_killed_runs(tmp_path, quiet_config):
+    """Checkpoint names are unique per run, so no later writer of the same name would clean up:
+    every trainer clears dead writers' checkpoint temporaries from its folder when it starts."""
+    from recbole.model.general_recommender import Pop
+    from recbole_onevision.config import Config
+    from recbole_onevision.registry import create_dataset, get_trainer
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    orphan = saved / f".OneVision-x-Dec-06-2026_10-00-00-1.pth.{dead_pid()}.abc123.tmp"
+    live = saved / f".OneVision-y-Dec-06-2026_10-00-00-2.pth.{os.getpid()}.def456.tmp"
+    other = saved / f".notes.txt.{dead_pid()}.abc123.tmp"  # not a checkpoint's
+    for path in (orphan, live, other):
+        path.write_bytes(b"partial")
+    config = Config("Pop", "ml-100k", None, quiet_config(tmp_path, epochs=1))
+    dataset = create_dataset(config)
+    get_trainer(config["MODEL_TYPE"], "Pop")(config, Pop(config, dataset))
+    assert not orphan.exists() and live.exists() and other.exists()
+
+
 def test_a_generator_killed_mid_run_is_redone_exactly(tmp_path):
     spec = mvshop.SCALES["mini"]
     child = subprocess.Popen([sys.executable, "-m", "recbole_onevision.preprocess.mvshop", "--out",

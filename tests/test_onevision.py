@@ -226,6 +226,16 @@ def test_resuming_from_a_stage_checkpoint_equals_an_uninterrupted_run(tiny_root,
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
         else:
             assert torch.equal(a, b), name
+    # a stage's file, once the stage ended, says so; one saved mid-stage says which stage it is in
+    saved = torch.load(first.stage_files["pretrain"], weights_only=True)["state_dict"]["_extra_state"]
+    assert saved["stages"] == ["pretrain"] and saved["running"] is None
+    resumed_model.stages_done = ("pretrain",)
+    resumed_model.set_stage("sft")
+    assert resumed_model.get_extra_state()["stages"] == ["pretrain"]
+    assert resumed_model.get_extra_state()["running"] == "sft"
+    # nothing left to train is an error, not a silent evaluation
+    with pytest.raises(ValueError, match="has done every stage of config stages .pretrain.: nothing to train"):
+        fit({"pretrain": {"epochs": 1}}, tmp_path / "d", start_checkpoint=first.stage_files["pretrain"])
 
 
 def test_every_stage_is_validated_and_checkpointed_whatever_its_length(tiny_root, tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from recbole.utils import init_seed
 
-from recbole_onevision.compat import load_checkpoint
+from recbole_onevision.compat import load_checkpoint, load_weights
 from recbole_onevision.config import Config
 from recbole_onevision.registry import create_dataset, data_preparation
 
@@ -67,8 +67,7 @@ def load_run(checkpoint: str, overrides: dict | None = None) -> LoadedRun:
     dataset = create_dataset(config)
     splits = data_preparation(config, dataset)
     model = config.model_class(config, splits[0]._dataset).to(config["device"])
-    model.load_state_dict(state["state_dict"])
-    model.load_other_parameter(state.get("other_parameter"))
+    load_weights(model, state, checkpoint, config["model"])
     model.eval()
     getLogger().info(f"search: loaded {config['model']} on {config['dataset']} from {checkpoint}")
     return LoadedRun(checkpoint, config, dataset, model, catalogue_of(config, dataset), splits)

@@ -9,9 +9,10 @@ EXTRA = "_extra_state"  # torch's key for a module's get_extra_state()
 OFF_WHEN_ABSENT = {"item_attributes": False}
 
 
-def extra_state(params, stages: tuple[str, ...]) -> dict:
-    """``stages``: the training stages these weights went through, the running one last."""
-    return {"format": FORMAT, "settings": params.trained_settings(), "stages": list(stages)}
+def extra_state(params, stages: tuple[str, ...], running: str | None) -> dict:
+    """``stages``: the training stages these weights finished; ``running``: the one they are in
+    the middle of (a best-so-far checkpoint written during a stage), or None."""
+    return {"format": FORMAT, "settings": params.trained_settings(), "stages": list(stages), "running": running}
 
 
 def recorded_settings(state_dict: dict) -> dict:
@@ -23,9 +24,23 @@ def recorded_settings(state_dict: dict) -> dict:
 
 
 def stages_of(state_dict: dict) -> tuple[str, ...]:
-    """The stages a checkpoint's weights went through (none recorded: empty)."""
+    """The stages a checkpoint's weights finished (none recorded: empty)."""
     saved = state_dict.get(EXTRA)
     return tuple(saved.get("stages") or ()) if isinstance(saved, dict) else ()
+
+
+def running_stage(state_dict: dict) -> str | None:
+    """The stage a checkpoint was written in the middle of (None: written between stages)."""
+    saved = state_dict.get(EXTRA)
+    return saved.get("running") if isinstance(saved, dict) else None
+
+
+def mark_finished(state_dict: dict, stage: str) -> None:
+    """Record in ``state_dict`` (in place) that its weights finished ``stage``: what a stage's
+    best checkpoint says once the stage has ended."""
+    saved = state_dict[EXTRA]
+    saved["stages"] = [*[s for s in saved.get("stages") or () if s != stage], stage]
+    saved["running"] = None
 
 
 def check(state_dict: dict, params, item_sid: torch.Tensor) -> None:

@@ -190,8 +190,8 @@ class OneVision(SequentialRecommender):
                            if stage == "dpo" else None)
 
     def get_extra_state(self) -> dict:
-        running = () if self.stage_set is None or self.stage_set in self.stages_done else (self.stage_set,)
-        return checkpoint.extra_state(self.params, (*self.stages_done, *running))
+        running = None if self.stage_set in self.stages_done else self.stage_set
+        return checkpoint.extra_state(self.params, self.stages_done, running)
 
     def set_extra_state(self, state) -> None:
         pass  # checked before loading (load_state_dict)
