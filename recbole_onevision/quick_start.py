@@ -96,6 +96,9 @@ def single_query_latency(model, test_data, queries: int, warmup: int = 5) -> dic
     return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95)), "queries": len(times)}
 
 
+SEARCHABLE = ("OneVision", "MCA", "VisualKNN")  # the models recbole_onevision.search serves
+
+
 def result_summary(result: dict) -> str:
     """What a run ends with: the valid/test table, where the results went and, after training,
     the command that evaluates the best checkpoint again without training."""
@@ -107,6 +110,9 @@ def result_summary(result: dict) -> str:
         args = result["run_args"] + [f"--checkpoint={result['checkpoint']}"]
         lines += [f"best checkpoint: {result['checkpoint']}",
                   "re-evaluate it: python run.py " + " ".join(map(shlex.quote, args))]
+        if result["model"] in SEARCHABLE:
+            lines.append(f"search with it: python -m recbole_onevision.search --checkpoint {shlex.quote(result['checkpoint'])}"
+                         " --query <a query photo id> (or --image <photo> / --embedding <file.npy>) [--user <id>]")
     return "\n".join(lines)
 
 

@@ -138,7 +138,14 @@ def test_command_line_prints_the_table_and_names_bad_input(runs, capsys):
 
     checkpoint = runs[1]["OneVision"]
     query = open(runs[0] / "tinyshop" / "tinyshop.query").readlines()[1].split("\t")[0]
-    main(["--checkpoint", checkpoint, "--query", query, "--k", "3"])
+    # the command a run's summary ends with, its placeholder filled in
+    from recbole_onevision.quick_start import result_summary
+    summary = result_summary({"model": "OneVision", "dataset": "tinyshop", "best_valid_result": {}, "test_result": {},
+                              "train_seconds": 1.0, "results_file": "r.json", "checkpoint": checkpoint,
+                              "evaluated_only": False, "run_args": ["--model=OneVision"]})
+    command = summary.splitlines()[-1].split("python -m recbole_onevision.search ")[1].split(" (or")[0]
+    args = [a for a in command.replace("<a query photo id>", query).split(" ")]
+    main([*args, "--k", "3"])
     out = capsys.readouterr().out
     assert "photo-only search" in out and "| rank | item | score | SID |" in out
     assert len([line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]) == 3
