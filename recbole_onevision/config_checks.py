@@ -127,6 +127,9 @@ def check_evaluation(config) -> None:
         raise ValueError(f"config valid_metric: {valid!r} is not among metrics {config['metrics']}")
     if k and (not k.isdigit() or int(k) not in (config["topk"] or [])):
         raise ValueError(f"config valid_metric: {valid!r} needs its K in topk {config['topk']}")
+    start = config["start_checkpoint"] if "start_checkpoint" in config else None
+    if start and not os.path.isfile(str(start)):  # found now, not after the data load and VRQ fit
+        raise ValueError(f"config start_checkpoint: no such file {str(start)!r}")
 
 
 def check_topk(config, dataset) -> None:

@@ -37,6 +37,7 @@ CLI = [  # run.py arguments -> what the one line on stderr must say
     (["--model=OneVision", "--vrq_codebook_size=8"], "unknown config key 'vrq_codebook_size'; did you mean"),
     (["--model=MCA"], "MCA needs query photos and catalogue views"),
     (["--model=SASRec", "--eval_args={'order': 'RO'}"], "ordering args for sequential recommendation has to be 'TO'"),
+    (["--model=OneVision", "--start_checkpoint=nope.pth"], "config start_checkpoint: no such file 'nope.pth'"),
 ]
 
 
