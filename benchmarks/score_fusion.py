@@ -24,8 +24,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_onevision.cli import config_file_list, parse_with_overrides  # noqa: E402
-from recbole_onevision.model.onevision.beam_search import beam_search, score_row  # noqa: E402
+from recbole_onevision.model.onevision.beam_search import beam_search  # noqa: E402
 from recbole_onevision.quick_start import load_trained  # noqa: E402
+from recbole_onevision.topk import RankedLists  # noqa: E402
 
 
 def parse_weights(text: str) -> list[float]:
@@ -42,6 +43,10 @@ def _shown(result) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in result.items())
 
 
+def _lists(items, scores):
+    return RankedLists(scores, items)
+
+
 def sweep(model, trainer, valid_data, test_data, weights: list[float], dense: bool) -> list[dict]:
     """One row per setting: its name and RecBole's valid and test results."""
     settings = [(f"fusion weight {w:g}" + {0: " (beams alone)", 1: " (ranking: fused)"}.get(w, ""), w)
@@ -50,14 +55,14 @@ def sweep(model, trainer, valid_data, test_data, weights: list[float], dense: bo
     for name, weight in settings:
         if weight is None:
             model.params = dataclasses.replace(params, ranking="dense")
-        else:  # RecBole's evaluator calls full_sort_predict: this one fuses with the weight swept
-            model.full_sort_predict = lambda interaction, w=weight: score_row(
-                *beam_search(model, interaction, params.beam_size, params.prune_enabled, w)[:2], model.n_items)
+        else:  # the evaluator ranks by the model's beams (full_sort_topk): these fuse with the weight swept
+            model.full_sort_topk = lambda interaction, k, w=weight: _lists(
+                *beam_search(model, interaction, params.beam_size, params.prune_enabled, w)[:2])
         with torch.no_grad():
             valid = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
             test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
         model.params = params
-        model.__dict__.pop("full_sort_predict", None)
+        model.__dict__.pop("full_sort_topk", None)
         rows.append({"setting": name, "valid": dict(valid), "test": dict(test)})
         print(f"{name}: valid {_shown(valid)}; test {_shown(test)}", flush=True)
     return rows
