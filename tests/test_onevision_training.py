@@ -1,6 +1,7 @@
 """OneVision's training on a tiny shop: it memorises, beats popularity through run.py, each
-stage (pretrain, SFT, DPO) moves the weights and its loss, and a resumed run equals an
-uninterrupted one. Inference: test_onevision.py."""
+stage (pretrain, SFT, DPO) moves the weights and its loss, every stage is validated and
+checkpointed, a resumed run equals an uninterrupted one, one-off sessions train; and the score
+fusion benchmark re-evaluates a trained run as run.py would. Inference: test_onevision.py."""
 import importlib.util
 import os
 
