@@ -79,7 +79,7 @@ def full_decoder_log_probs(model, batch, items: torch.Tensor) -> tuple[torch.Ten
     log-probability (codes that continue no real SID left out; rows, k), and each level's
     log-probability over the whole codebook (rows * k, levels), as teacher forcing computes it."""
     codes = model.codes
-    memory, mask = model.inputs(batch, codes)
+    memory, mask, photo = model.encode(batch)
     similarity = model.photo_similarity(batch)
     k = items.shape[1]
     rows, best = torch.arange(len(batch)).repeat_interleave(k), items.reshape(-1)
@@ -92,6 +92,8 @@ def full_decoder_log_probs(model, batch, items: torch.Tensor) -> tuple[torch.Ten
         logits = model.sid_decoder.level_logits(states[:, level], level, codes)
         if model.inputs.attributes is not None:
             logits = logits + model.inputs.attributes.logits(states[:, level], level, child)
+        if model.sid_decoder.nodes is not None:
+            logits = logits + model.sid_decoder.nodes.logits(states[:, level], photo[rows], level, child)
         if similarity is not None:
             logits = logits + model.visual_bias.of_children(similarity[level][rows], level, child)  # rows copied
         logp = torch.log_softmax(logits.masked_fill(child < 0, -1e9), -1)

@@ -51,9 +51,14 @@ def test_trie_lookup_tables_agree_with_the_key_search(monkeypatch):
         assert (expected >= 0).any(-1).all()  # every node continues some SID
 
 
-def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path):
-    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path)  # the beams alone
+@pytest.mark.parametrize("node_outputs", [False, True])
+def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path, node_outputs):
+    config, dataset, model, (_, _, test) = prepare(tiny_root, tmp_path, node_outputs=node_outputs)  # the beams alone
     assert model.inputs.history_item_embedding is None and model.params.ranking == "beams"  # the defaults
+    if node_outputs:  # as if trained: they start at zero, which would check nothing
+        torch.manual_seed(0)
+        for table in model.sid_decoder.nodes.vectors:
+            table.data.normal_(0, 1.0)
     model.eval()
     batch = next(iter(test))[0]
     items, scores, _ = model.generate(batch)
@@ -72,9 +77,9 @@ def test_beam_search_yields_real_items_and_full_sort_agrees(tiny_root, tmp_path)
     # teacher forcing (training) adds the same terms, over the level's whole codebook
     rows, best = torch.arange(len(batch)).repeat_interleave(3), items[:, :3].reshape(-1)
     prior = model.path_similarity(Interaction({k: v[rows] for k, v in batch.interaction.items()}), best)
-    memory, mask = model.inputs(batch, model.codes)
+    memory, mask, photo = model.encode(batch)
     trained, _ = model.sid_decoder.log_likelihood(memory[rows], mask[rows], best, model.codes, prior,
-                                                  model.visual_bias, model.inputs.attributes)
+                                                  model.visual_bias, model.inputs.attributes, photo[rows])
     assert torch.allclose(trained, unmasked, atol=1e-4)
     # an anonymous query with no photo still decodes real items
     batch.interaction["query_id"] = torch.zeros_like(batch["query_id"])

@@ -34,8 +34,8 @@ def beam_search(model, interaction, beam_size: int, prune: bool, fuse_dense: flo
     codes, trie = model.codes, model.trie
     pruning = model.params.prune if prune else None
     margin, keep = (pruning.beam_margin, pruning.min_beams) if prune else (math.inf, 0)
-    memory, mask = model.inputs(interaction, codes, prune=pruning)
-    similarity = model.photo_similarity(interaction)
+    memory, mask, features = model.encode(interaction, prune=pruning)
+    photo = (model.photo_similarity(interaction), features)
     batch, device = memory.shape[0], memory.device
     cache = DecoderCache(model.sid_decoder.decoder, memory, mask)
     last = torch.full((batch, 1), codes.bos_token, device=device)  # each beam's last token
@@ -53,7 +53,7 @@ def beam_search(model, interaction, beam_size: int, prune: bool, fuse_dense: flo
             first = states  # one per row: what the dense head may read
         child = torch.full((batch * k, size), -1, dtype=torch.long, device=device)
         child[live] = trie.step(level, nodes.view(-1)[live])
-        logp = constrained_log_probs(model, states, level, child[live], rows, similarity)
+        logp = constrained_log_probs(model, states, level, child[live], rows, photo)
         total = torch.full((batch * k, size), float("-inf"), device=device)
         total[live] = scores.view(-1)[live].unsqueeze(1) + logp
         scores, index = total.view(batch, k * size).topk(min(beam_size, k * size), dim=1)
@@ -69,7 +69,7 @@ def beam_search(model, interaction, beam_size: int, prune: bool, fuse_dense: flo
     items = torch.where(torch.isfinite(scores), nodes, torch.zeros_like(nodes))
     if fuse_dense:
         dense = model.dense.state(memory, mask, first)
-        items, scores = add_dense(model, memory, mask, similarity, dense, items, scores, beam_size, fuse_dense)
+        items, scores = add_dense(model, memory, mask, photo, dense, items, scores, beam_size, fuse_dense)
     missing = beam_size - items.shape[1]
     if missing > 0:  # keep the documented (batch, beam) shape
         items = F.pad(items, (0, missing))
@@ -77,20 +77,25 @@ def beam_search(model, interaction, beam_size: int, prune: bool, fuse_dense: flo
     return items, scores, stats
 
 
-def constrained_log_probs(model, states, level: int, child, rows, similarity) -> torch.Tensor:
+def constrained_log_probs(model, states, level: int, child, rows, photo) -> torch.Tensor:
     """(beams, codes) log-probabilities of level ``level``'s codes for decoder ``states``, over the
     codes that continue a real SID only (``child``: :meth:`SIDTrie.step` rows; others -inf);
-    ``rows``: each beam's query row (for the photo's ``similarity``)."""
+    ``rows``: each beam's query row; ``photo``: the rows' (:meth:`OneVision.photo_similarity`,
+    photo features), either None without photos."""
+    similarity, features = photo
     logits = model.sid_decoder.level_logits(states, level, model.codes)
     if model.inputs.attributes is not None:
         logits = logits + model.inputs.attributes.logits(states, level, child)
+    if model.sid_decoder.nodes is not None:
+        logits = logits + model.sid_decoder.nodes.logits(states, None if features is None else features[rows],
+                                                         level, child)
     if similarity is not None:
         logits = logits + model.visual_bias.of_children(similarity[level], level, child, rows)
     logits = logits.masked_fill(child < 0, -1e9)
     return torch.log_softmax(logits, -1).masked_fill(child < 0, float("-inf"))
 
 
-def add_dense(model, memory, mask, similarity, first, items, scores, beams: int, weight: float):
+def add_dense(model, memory, mask, photo, first, items, scores, beams: int, weight: float):
     """The beams and the dense head's top ``beams`` items (``first``: the rows' dense state),
     each scored by its constrained SID log-probability (as beam search scores it; a beam's score
     is that already) + ``weight`` x its dense log-probability; the best ``beams``, best first."""
@@ -106,14 +111,14 @@ def add_dense(model, memory, mask, similarity, first, items, scores, beams: int,
     # BOS and the first level are the same for a row's n items: decoded and scored once per row
     bos = codes.step(torch.full((rows,), codes.bos_token, device=top.device), 0)
     states = cache.step(model.sid_decoder.input_dropout(bos), every_row, every_row)
-    logp = constrained_log_probs(model, states, 0, trie.step(0, torch.zeros_like(every_row)), every_row, similarity)
+    logp = constrained_log_probs(model, states, 0, trie.step(0, torch.zeros_like(every_row)), every_row, photo)
     sid = logp[row, codes.codes(tokens[:, 0], 0)]
     cache.reorder(row)
     for level in range(1, codes.levels):
         inputs = codes.step(tokens[:, level - 1], level)
         states = cache.step(model.sid_decoder.input_dropout(inputs), torch.arange(rows * n, device=top.device), row)
         child = trie.step(level, trie.item_nodes(level - 1)[flat])
-        logp = constrained_log_probs(model, states, level, child, row, similarity)
+        logp = constrained_log_probs(model, states, level, child, row, photo)
         sid = sid + logp.gather(1, codes.codes(tokens[:, level], level).unsqueeze(1)).squeeze(1)
     candidates = torch.cat([items, top], 1)
     total = torch.cat([scores, sid.view(rows, n)], 1) + weight * dense.gather(1, candidates)

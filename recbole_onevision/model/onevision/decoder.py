@@ -6,14 +6,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_onevision.model.onevision.codes import SIDCodes
+from recbole_onevision.model.onevision.node_outputs import NodeOutputs
 from recbole_onevision.model.onevision.params import OneVisionParams
 
 
 class SIDDecoder(nn.Module):
     """A transformer decoder over the encoder's memory; one output row per SID token, and each
-    level's logits cover that level's codes only."""
+    level's logits cover that level's codes only; with ``nodes`` (``node_outputs``) each code's
+    logit also reads the node it leads to and the photo (:class:`NodeOutputs`)."""
 
-    def __init__(self, params: OneVisionParams, n_tokens: int):
+    def __init__(self, params: OneVisionParams, n_tokens: int, nodes: NodeOutputs | None = None):
         super().__init__()
         d = params.d_model
         self.decoder = nn.TransformerDecoder(
@@ -22,6 +24,7 @@ class SIDDecoder(nn.Module):
             params.layers, norm=nn.LayerNorm(d))
         self.input_dropout = nn.Dropout(params.dropout)
         self.output = nn.Linear(d, n_tokens)
+        self.nodes = nodes
 
     def forward(self, memory, mask, tokens: torch.Tensor, codes: SIDCodes) -> torch.Tensor:
         """Output states for decoder input ``tokens`` (BOS first): (rows, len, d_model)."""
@@ -35,12 +38,13 @@ class SIDDecoder(nn.Module):
         return F.linear(states, self.output.weight[rows], self.output.bias[rows])
 
     def log_likelihood(self, memory, mask, items: torch.Tensor, codes: SIDCodes, prior=None, bias=None,
-                       attributes=None):
+                       attributes=None, photo=None):
         """Teacher forcing: (rows, levels) log-probabilities of each level of ``items``' SIDs over
         the level's whole codebook, and the decoder's states at BOS (rows, d_model). ``prior``:
         per level, the rows' visual similarity along ``items``' SIDs (:meth:`VisualBias.along`),
         added through ``bias`` (the :class:`VisualBias`); None without it. ``attributes``: the
-        :class:`ItemAttributes` whose logits each level adds, or None."""
+        :class:`ItemAttributes` whose logits each level adds, or None. ``photo``: the rows' fused
+        photo features, read by :attr:`nodes` (needed when it is on)."""
         targets = codes.item_tokens[items]
         bos = torch.full((len(items), 1), codes.bos_token, device=items.device)
         states = self(memory, mask, torch.cat([bos, targets[:, :-1]], 1), codes)
@@ -50,6 +54,8 @@ class SIDDecoder(nn.Module):
             logits = self.level_logits(states[:, level], level, codes)
             if attributes is not None:
                 logits = logits + attributes.along(states[:, level], level, items, tables[level])
+            if self.nodes is not None:
+                logits = logits + self.nodes.along(states[:, level], photo, level, items)
             if prior is not None:
                 logits = logits + bias.scaled(prior[level], level)
             logp = torch.log_softmax(logits, -1)

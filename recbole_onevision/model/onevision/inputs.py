@@ -87,16 +87,40 @@ class EncoderInputs(nn.Module):
         offsets = codes.offsets[:predicted.shape[1]].to(predicted.device)
         return self.tokenizer.query_features(embeddings), predicted + offsets
 
-    def forward(self, interaction, codes: SIDCodes, context: bool = True,
-                prune: Pruning | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def photo(self, interaction) -> torch.Tensor | None:
+        """The rows' fused photo features as the encoder reads them (zeros for rows without a
+        photo; None without photos): in training, with ``photo_noise``, a noisy copy."""
+        if self.query_feature is None:
+            return None
+        query = interaction[self.fields["query"]]
+        return self._noisy(self.query_feature[query]).masked_fill((query == 0).unsqueeze(1), 0.0)
+
+    def view_photo(self, views: torch.Tensor) -> torch.Tensor:
+        """:meth:`photo` for catalogue views read as query photos."""
+        return self._noisy(self.view_feature[views])
+
+    def _noisy(self, features: torch.Tensor) -> torch.Tensor:
+        """Gaussian noise on the visual part (then unit length, the attributes predicted again):
+        query photos are noisy views, so without it the decoder learns the views too exactly."""
+        sigma = self.params.photo_noise
+        if not (self.training and sigma):
+            return features
+        width = self.tokenizer.visual_width or features.shape[1]
+        visual = F.normalize(features[:, :width] + sigma * torch.randn_like(features[:, :width]), dim=1)
+        return self.tokenizer.fuse_query(visual) if self.tokenizer.visual_width else visual
+
+    def forward(self, interaction, codes: SIDCodes, context: bool = True, prune: Pruning | None = None,
+                photo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states and key-padding mask (True = absent). ``context=False`` reads the
         photo alone (no profile, no history): the visual-prior task; ``prune`` drops history
-        items unrelated to the photo (:meth:`history_kept`)."""
+        items unrelated to the photo (:meth:`history_kept`); ``photo``: the rows' :meth:`photo`,
+        when the caller has it (the same noisy copy must reach the decoder's output)."""
         seq = interaction[self.fields["item_seq"]]
         parts, masks = self._start(len(seq), seq.device)
         if self.query_feature is not None:
             query = interaction[self.fields["query"]]
-            self._add_photo(parts, masks, codes, self.query_feature[query], self.query_prefix[query], query == 0)
+            photo = self.photo(interaction) if photo is None else photo
+            self._add_photo(parts, masks, codes, photo, self.query_prefix[query], query == 0)
         if context and self.profile_fields:
             tokens = torch.stack([interaction[f] for f in self.profile_fields], 1)
             embedded = torch.stack([embed(interaction[f])
@@ -137,11 +161,13 @@ class EncoderInputs(nn.Module):
         related = (codes.item_tokens[seq][:, :, :levels] == prefix.unsqueeze(1)).all(2)
         return recent | related | (query == 0).unsqueeze(1)
 
-    def views(self, views: torch.Tensor, codes: SIDCodes) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states of catalogue views read as if they were query photos (view -> SID)."""
+    def views(self, views: torch.Tensor, codes: SIDCodes, photo: torch.Tensor | None = None):
+        """Encoder states and mask of catalogue views read as if they were query photos (view ->
+        SID); ``photo``: their :meth:`view_photo`, when the caller has it."""
         parts, masks = self._start(len(views), views.device)
         absent = torch.zeros(len(views), dtype=torch.bool, device=views.device)
-        self._add_photo(parts, masks, codes, self.view_feature[views], self.view_prefix[views], absent)
+        photo = self.view_photo(views) if photo is None else photo
+        self._add_photo(parts, masks, codes, photo, self.view_prefix[views], absent)
         return self._run(parts, masks)
 
     def _segment(self, x: torch.Tensor, segment: int) -> torch.Tensor:

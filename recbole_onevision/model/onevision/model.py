@@ -26,6 +26,7 @@ from recbole_onevision.model.onevision.decoder import SIDDecoder
 from recbole_onevision.model.onevision.dense_head import DenseHead
 from recbole_onevision.model.onevision.inputs import EncoderInputs
 from recbole_onevision.model.onevision.item_attributes import ItemAttributes
+from recbole_onevision.model.onevision.node_outputs import NodeOutputs
 from recbole_onevision.model.onevision.params import OneVisionParams
 from recbole_onevision.model.onevision.visual_bias import VisualBias
 from recbole_onevision.model.trie import SIDTrie
@@ -59,7 +60,10 @@ class OneVision(SequentialRecommender):
         self.trie = trie
         self.visual_bias = (VisualBias(dataset, self.trie, sid.clamp_min(0), params.visual_bias, self.codes.levels)
                             if params.visual_bias else None)
-        self.sid_decoder = SIDDecoder(params, self.codes.n_tokens)
+        nodes = None
+        if params.node_outputs:
+            nodes = NodeOutputs(trie, params.d_model, self.inputs.query_feature.shape[1] if params.photos else 0)
+        self.sid_decoder = SIDDecoder(params, self.codes.n_tokens, nodes)
         self.dense = DenseHead(params.dense_readout, params.dense_temperature)
         self.register_buffer("code_neighbour", objectives.code_neighbours(sid), persistent=False)
         self.stage = "sft"
@@ -88,18 +92,25 @@ class OneVision(SequentialRecommender):
 
     def score(self, interaction, items: torch.Tensor, prior=None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward`'s log-probabilities, and the rows' dense-head state (rows, d_model)."""
-        memory, mask = self.inputs(interaction, self.codes)
+        memory, mask, photo = self.encode(interaction)
         n = items.shape[1] if items.dim() == 2 else 0
         if n:
             memory, mask = memory.repeat(n, 1, 1), mask.repeat(n, 1)
+            photo = None if photo is None else photo.repeat(n, 1)
         if prior is None:
             prior = self.path_similarity(interaction, items)
         likelihood, first = self.sid_decoder.log_likelihood(memory, mask, _flat(items), self.codes, prior,
-                                                            self.visual_bias, self.inputs.attributes)
+                                                            self.visual_bias, self.inputs.attributes, photo)
         likelihood = likelihood.sum(1)
         out = likelihood.view(n, -1).T if n else likelihood
         rows = len(out)  # _flat order: the rows' first items (and memory copies) lead
         return out, self.dense.state(memory[:rows], mask[:rows], first[:rows])
+
+    def encode(self, interaction, context: bool = True, prune=None):
+        """Encoder states, key-padding mask and the rows' photo features (None without photos),
+        the same (noisy, in training) copy the encoder read: what the decoder's output reads."""
+        photo = self.inputs.photo(interaction)
+        return (*self.inputs(interaction, self.codes, context, prune, photo), photo)
 
     def calculate_loss(self, interaction):
         if self.stage == "pretrain":

@@ -27,10 +27,10 @@ def weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def sft_loss(model, interaction) -> torch.Tensor:
     params = model.params
     target = interaction[model.POS_ITEM_ID]
-    memory, mask = model.inputs(interaction, model.codes)
+    memory, mask, photo = model.encode(interaction)
     logp, first = model.sid_decoder.log_likelihood(memory, mask, target, model.codes,
                                                    model.path_similarity(interaction, target), model.visual_bias,
-                                                   model.inputs.attributes)
+                                                   model.inputs.attributes, photo)
     nll = -params.sid_weight * logp.sum(1)
     if params.dense_weight:
         nll = nll + params.dense_weight * model.dense.nll(model.dense.state(memory, mask, first),
@@ -86,18 +86,19 @@ def visual_prior_loss(model, interaction) -> torch.Tensor:
     known = torch.nonzero(product > 0).squeeze(1)
     if len(known):
         rows = interaction[known]
-        memory, mask = inputs(rows, codes, context=False)
+        memory, mask, photo = model.encode(rows, context=False)
         prior = model.path_similarity(rows, product[known])
         logp, _ = model.sid_decoder.log_likelihood(memory, mask, product[known], codes, prior, model.visual_bias,
-                                                   inputs.attributes)
+                                                   inputs.attributes, photo)
         terms.append(-logp.sum(1).mean())
     if inputs.view_feature is not None:
         views = torch.randint(len(inputs.view_item), (len(product),), device=product.device)
-        memory, mask = inputs.views(views, codes)
+        photo = inputs.view_photo(views)
+        memory, mask = inputs.views(views, codes, photo)
         items = inputs.view_item[views]
         prior = model.visual_bias.along_views(views, items) if model.visual_bias is not None else None
         logp, _ = model.sid_decoder.log_likelihood(memory, mask, items, codes, prior, model.visual_bias,
-                                                   inputs.attributes)
+                                                   inputs.attributes, photo)
         terms.append(-logp.sum(1).mean())
     return sum(terms) / max(len(terms), 1)
 

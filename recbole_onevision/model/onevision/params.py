@@ -38,6 +38,8 @@ class OneVisionParams:
     visual_bias: float  # 0 when off or without photos and views
     history_item_embedding: bool
     item_attributes: bool
+    node_outputs: bool
+    photo_noise: float  # 0 without photos
     dense_weight: float
     dense_readout: str
     dense_temperature: float | None
@@ -66,6 +68,9 @@ class OneVisionParams:
                 ("inputs", ", ".join(inputs)),
                 ("visual bias", f"scale {self.visual_bias:g}" if self.visual_bias else "off"),
                 ("item attributes", "history items and output codes" if self.item_attributes else "off"),
+                ("node outputs", ("a vector per trie node" + (", read with the photo" if self.photos else ""))
+                 if self.node_outputs else "off"),
+                ("photo noise", f"{self.photo_noise:g}" if self.photo_noise else "off"),
                 ("dense head", f"weight {self.dense_weight:g}, readout {self.dense_readout}, temperature "
                                f"{self.dense_temperature}" if self.dense_weight else "off"),
                 ("size", f"d_model {self.d_model}, {self.n_heads} heads, {self.layers}+{self.layers} layers, "
@@ -78,12 +83,13 @@ class OneVisionParams:
         """What a checkpoint's weights mean: saved with them and compared on loading (what only
         changes inference, such as ranking, beam_size or pruning, may differ)."""
         keys = ("d_model", "n_heads", "layers", "ffn_size", "visual_tokens", "history_item_embedding", "item_attributes",
-                "dense_readout", "dense_temperature")
+                "node_outputs", "dense_readout", "dense_temperature")
         out = {k: v for k, v in asdict(self).items() if k in keys}
         out.update(visual_bias=self.visual_bias > 0, dense_head=self.dense_weight > 0,
                    profile_fields=list(self.profile_fields))
-        if not self.item_attributes:  # recorded only when on, so checkpoints from before it still load
-            del out["item_attributes"]
+        for key in ("item_attributes", "node_outputs"):  # recorded only when on: older checkpoints still load
+            if not out[key]:
+                del out[key]
         if not self.dense_weight:  # an untrained head's settings mean nothing
             out.update(dense_readout=None, dense_temperature=None)
         return out
@@ -113,6 +119,8 @@ class OneVisionParams:
             history_item_embedding=_bool(config["history_item_embedding"], "history_item_embedding"),
             item_attributes=_bool(config["item_attributes"], "item_attributes") and (
                 dataset is None or bool(item_token_fields(dataset))),
+            node_outputs=_bool(config["node_outputs"], "node_outputs"),
+            photo_noise=_number(config["photo_noise"], "photo_noise", 0) if visual_tokens else 0.0,
             dense_weight=_number(dense.get("weight"), "dense_head weight", 0),
             dense_readout=_choice(dense.get("readout"), "dense_head readout", READOUTS),
             dense_temperature=_temperature(dense.get("temperature")),

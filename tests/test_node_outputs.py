@@ -1,0 +1,90 @@
+"""``node_outputs`` (an output vector per trie node, read with the photo) and ``photo_noise``."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from onevision_support import prepare, train_steps
+
+
+def test_node_outputs_start_as_the_decoder_without_them(tiny_root, tmp_path):
+    _, _, plain, (train, _, _) = prepare(tiny_root, tmp_path)
+    _, _, nodes, _ = prepare(tiny_root, tmp_path, node_outputs=True)
+    extra = set(nodes.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("sid_decoder.nodes.") for k in extra)
+    state = {k: v for k, v in plain.state_dict().items() if k != "_extra_state"}
+    nodes.load_state_dict({**nodes.state_dict(), **state})
+    plain.eval(), nodes.eval()
+    batch = next(iter(train))
+    items = batch["item_id"]
+    assert torch.allclose(plain(batch, items), nodes(batch, items), atol=1e-5)
+
+
+def _photo_fit(model, batches, steps) -> float:
+    """Mean log-likelihood of the pictured product's SID given the photo alone, on training
+    photos, after ``steps`` steps of the photo-only task (the pretrain stage)."""
+    model.set_stage("pretrain")
+    train_steps(model, batches, steps)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            product = model.inputs.query_product[batch["query_id"]]
+            known = product > 0
+            memory, mask, photo = model.encode(batch[known], context=False)
+            logp, _ = model.sid_decoder.log_likelihood(memory, mask, product[known], model.codes, None, None,
+                                                       model.inputs.attributes, photo)
+            total, count = total + float(logp.sum()), count + int(known.sum())
+    return total / count
+
+
+def test_node_outputs_fit_what_shared_output_rows_cannot(tiny_root, tmp_path):
+    """Below the first level a code means another node under each prefix; shared output rows
+    must compromise among them, a vector per node need not: the same training fits the
+    photographed products better with node outputs (no visual bias: the decoder alone)."""
+    fits = {}
+    for on in (False, True):
+        _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, node_outputs=on, visual_bias=0, dropout=0.0,
+                                             encoder_dropout=0.0)
+        batches = [b for _, b in zip(range(2), train)]
+        fits[on] = _photo_fit(model, batches, 60)
+    assert fits[True] > fits[False] + 0.2, fits
+
+
+def test_photo_noise_perturbs_training_photos_only(tiny_root, tmp_path):
+    _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, photo_noise=0.05)
+    batch = next(iter(train))
+    batch.interaction["query_id"][::2] = 0  # every other row without a photo
+    query = batch["query_id"]
+    clean = model.inputs.query_feature[query]
+    model.train()
+    first, second = model.inputs.photo(batch), model.inputs.photo(batch)
+    present = query > 0
+    assert not torch.allclose(first[present], second[present])  # a new draw each time
+    assert (first[~present] == 0).all()  # a row without a photo stays without one
+    width = model.inputs.tokenizer.visual_width
+    assert torch.allclose(first[present, :width].norm(dim=1), torch.ones(int(present.sum())), atol=1e-5)
+    cosine = F.cosine_similarity(first[present, :width], clean[present, :width])
+    assert (cosine > 0.5).all() and (cosine < 0.9999).all()  # near the photo, not the photo
+    model.eval()
+    assert torch.equal(model.inputs.photo(batch), clean)  # inference reads the photo as it is
+    _, _, quiet, _ = prepare(tiny_root, tmp_path)  # the default: no noise
+    quiet.train()
+    assert torch.equal(quiet.inputs.photo(batch), quiet.inputs.query_feature[query])
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"photo_noise": -0.1}, "config photo_noise: expected a value >= 0, got -0.1"),
+    ({"node_outputs": "yes"}, "config node_outputs: expected True/False"),
+])
+def test_bad_settings_are_refused(tiny_root, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        prepare(tiny_root, tmp_path, **extra)
+
+
+def test_a_checkpoint_with_node_outputs_needs_them(tiny_root, tmp_path):
+    _, _, nodes, _ = prepare(tiny_root, tmp_path, node_outputs=True)
+    assert nodes.state_dict()["_extra_state"]["settings"]["node_outputs"] is True
+    _, _, plain, _ = prepare(tiny_root, tmp_path)
+    assert "node_outputs" not in plain.state_dict()["_extra_state"]["settings"]  # older checkpoints still load
+    with pytest.raises(ValueError, match="node_outputs"):
+        plain.load_state_dict(nodes.state_dict())
