@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import functools
 import os
 import platform
 import sys
@@ -54,17 +53,23 @@ def bias_alone(model):
     attributes = model.inputs.attributes  # its output logits are the decoder's too
     if attributes is not None:
         attributes.logits = lambda states, level, children: torch.zeros(children.shape, device=children.device)
+    nodes = decoder.nodes  # node outputs too
+    if nodes is not None:
+        nodes.logits = lambda states, photo, level, children: torch.zeros(children.shape, device=children.device)
     try:
         yield
     finally:
         del decoder.level_logits
         if attributes is not None:
             del attributes.logits
+        if nodes is not None:
+            del nodes.logits
 
 
 @contextlib.contextmanager
 def photo_alone(model):
-    model.inputs.forward = functools.partial(type(model.inputs).forward, model.inputs, context=False)
+    forward = model.inputs.forward
+    model.inputs.forward = lambda interaction, codes, context=True, *rest: forward(interaction, codes, False, *rest)
     try:
         yield
     finally:

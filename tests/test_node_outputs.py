@@ -1,4 +1,5 @@
-"""``node_outputs`` (an output vector per trie node, read with the photo) and ``photo_noise``."""
+"""``node_outputs`` (an output vector per trie node, read with the photo), ``photo_noise`` and the
+SFT target's share on the photographed product (``loss_weights.pictured``)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,3 +89,30 @@ def test_a_checkpoint_with_node_outputs_needs_them(tiny_root, tmp_path):
     assert "node_outputs" not in plain.state_dict()["_extra_state"]["settings"]  # older checkpoints still load
     with pytest.raises(ValueError, match="node_outputs"):
         plain.load_state_dict(nodes.state_dict())
+
+
+def _pictured_log_likelihood(model, batches) -> float:
+    """Mean log-likelihood, with the user's context, of the photographed product in the
+    searches that ended on another item."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            pictured = model.inputs.query_product[batch["query_id"]]
+            rows = (pictured > 0) & (pictured != batch["item_id"])
+            total += float(model(batch[rows], pictured[rows]).sum())
+            count += int(rows.sum())
+    return total / count
+
+
+def test_a_share_of_the_target_on_the_pictured_product_keeps_it_likely(tiny_root, tmp_path):
+    likelihood = {}
+    for share in (0.0, 0.5):
+        _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, loss_weights={"pictured": share},
+                                             stages=["sft"], visual_bias=0)
+        batches = [b for _, b in zip(range(2), train)]
+        train_steps(model, batches, 40)
+        likelihood[share] = _pictured_log_likelihood(model, batches)
+    assert likelihood[0.5] > likelihood[0.0] + 0.2, likelihood
+    with pytest.raises(ValueError, match=r"config loss_weights pictured: expected a value in \[0, 1\], got 1.5"):
+        prepare(tiny_root, tmp_path, loss_weights={"pictured": 1.5})

@@ -1,8 +1,9 @@
 """The training stages' objectives (the stage is picked by :class:`OneVisionTrainer`).
 
 * ``pretrain``: the visual prior alone (:func:`visual_prior_loss`);
-* ``sft``: cross-entropy on every SID level of the item the user engaged with, orders weighted
-  ``loss_weights.order`` x clicks, plus the dense head's cross-entropy and the visual prior;
+* ``sft``: cross-entropy on every SID level of the item the user engaged with (share
+  ``loss_weights.pictured`` of it on the photographed product when that was another), orders
+  weighted ``loss_weights.order`` x clicks, plus the dense head's cross-entropy and the visual prior;
 * ``dpo``: preference optimisation against the model as SFT left it (:func:`dpo_loss`).
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ def sft_loss(model, interaction) -> torch.Tensor:
                                                    model.path_similarity(interaction, target), model.visual_bias,
                                                    model.inputs.attributes, photo)
     nll = -params.sid_weight * logp.sum(1)
+    if params.pictured_weight and params.photos:
+        nll = share_with_pictured(model, interaction, (memory, mask, photo), target, nll)
     if params.dense_weight:
         nll = nll + params.dense_weight * model.dense.nll(model.dense.state(memory, mask, first),
                                                           model.item_vectors(), target)
@@ -40,6 +43,23 @@ def sft_loss(model, interaction) -> torch.Tensor:
     if params.visual_prior_weight and params.photos:
         loss = loss + params.visual_prior_weight * visual_prior_loss(model, interaction)
     return loss
+
+
+def share_with_pictured(model, interaction, encoded, target: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+    """``nll`` with share ``loss_weights.pictured`` of each row's target moved to the photographed
+    product where the user engaged with another (a look-alike): a search that ended on a
+    look-alike still says the pictured product was a likely answer, instead of pushing it down."""
+    pictured = model.inputs.query_product[interaction[model.query_field]]
+    rows = torch.nonzero((pictured > 0) & (pictured != target)).squeeze(1)
+    if not len(rows):
+        return nll
+    memory, mask, photo = (x.index_select(0, rows) for x in encoded)
+    items = pictured.index_select(0, rows)
+    logp, _ = model.sid_decoder.log_likelihood(memory, mask, items, model.codes,
+                                               model.path_similarity(interaction[rows], items), model.visual_bias,
+                                               model.inputs.attributes, photo)
+    other = -model.params.sid_weight * logp.sum(1)
+    return nll.index_add(0, rows, model.params.pictured_weight * (other - nll.index_select(0, rows)))
 
 
 def rejected_items(model, interaction) -> torch.Tensor:

@@ -47,6 +47,7 @@ class OneVisionParams:
     beam_size: int
     sid_weight: float
     visual_prior_weight: float
+    pictured_weight: float  # in [0, 1]
     order_weight: float
     dpo_beta: float | None  # None when no dpo stage runs
     dpo_sft_weight: float | None
@@ -105,7 +106,7 @@ class OneVisionParams:
             raise ValueError(f"config d_model: expected a multiple of n_heads ({n_heads}), got {d_model}")
         visual_tokens = _int(config, "visual_tokens", 0) if photos else 0
         dense = _mapping(config, "dense_head", {"weight", "readout", "temperature"})
-        losses = _mapping(config, "loss_weights", {"sid", "visual_prior", "order"})
+        losses = _mapping(config, "loss_weights", {"sid", "visual_prior", "pictured", "order"})
         prune = _mapping(config, "prune", {"enabled", "beam_margin", "prefix_levels", "keep_recent"})
         plan = {stage.name: stage for stage in stage_plan(config)}
         dpo = plan["dpo"].settings if "dpo" in plan else None
@@ -128,6 +129,7 @@ class OneVisionParams:
             beam_size=_beam_size(config),
             sid_weight=_number(losses.get("sid"), "loss_weights sid", 0),
             visual_prior_weight=_number(losses.get("visual_prior"), "loss_weights visual_prior", 0),
+            pictured_weight=_share(losses.get("pictured"), "loss_weights pictured"),
             order_weight=_number(losses.get("order"), "loss_weights order", 0),
             dpo_beta=None if dpo is None else _number(dpo.get("beta"), "stages dpo beta", 0),
             dpo_sft_weight=None if dpo is None else _number(dpo.get("sft_weight"), "stages dpo sft_weight", 0),
@@ -170,6 +172,13 @@ def _number(value, key: str, least: float) -> float:
         number = math.nan
     if isinstance(value, bool) or not number >= least:
         raise ValueError(f"config {key}: expected a value >= {least:g}, got {value!r}")
+    return number
+
+
+def _share(value, key: str) -> float:
+    number = _number(value, key, 0)
+    if not number <= 1:
+        raise ValueError(f"config {key}: expected a value in [0, 1], got {value!r}")
     return number
 
 
