@@ -7,9 +7,10 @@ The checkpoint is evaluated on the test split through RecBole's evaluator as tra
 visual bias), with the visual bias's scale set to 0 (the decoder alone), with the decoder's
 logits set to 0 (the visual bias alone, still under the SID trie; with ``item_attributes`` their
 output logits too) and with the user's profile and history removed (the photo alone).
-``--no_bias_checkpoint`` adds a model trained without the bias. Run with the overrides the
-checkpoints were trained with, so the same SIDs are rebuilt (they come from the VRQ cache); on
-data without behaviours (image folders) add ``--metrics="['Recall','NDCG']"``.
+``--no_bias_checkpoint`` adds a model trained without the bias, as trained and with the photo
+alone. Run with the overrides the checkpoints were trained with, so the same SIDs are rebuilt
+(they come from the VRQ cache); on data without behaviours (image folders) add
+``--metrics="['Recall','NDCG']"``.
 """
 from __future__ import annotations
 
@@ -109,6 +110,8 @@ def ablate(args, overrides) -> dict[str, dict]:
         no_bias = load_trained("OneVision", args.dataset, args.no_bias_checkpoint, config_dict=settings,
                                cmd_args=[*overrides, "--visual_bias=0"])
         rows["trained and evaluated without the bias"] = evaluate(no_bias)
+        with photo_alone(no_bias.model):
+            rows["the same, photo alone (no profile, no history)"] = evaluate(no_bias)
     print(f"\nOneVision on {args.dataset} test, checkpoint {args.checkpoint}; {platform.node()}, "
           f"torch {torch.__version__}, {datetime.date.today()}\n")
     columns = [c for c in COLUMNS if c in rows["as trained (decoder + visual bias)"]]
