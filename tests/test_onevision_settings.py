@@ -21,7 +21,7 @@ def test_mappings_merge_over_their_defaults_at_every_layer(tmp_path):
     assert config["dense_head"] == {"weight": 0.0, "readout": "history", "temperature": 0.1}
     assert config["prune"] == {"enabled": True, "beam_margin": 5.0, "prefix_levels": 0, "keep_recent": 3}
     assert config_of(tmp_path, loss_weights={"order": 3.0})["loss_weights"] == {"sid": 1.0, "visual_prior": 0.5,
-                                                                               "order": 3.0}
+                                                                               "pictured": 0.0, "order": 3.0}
     # a file, then config_dict, then the command line: each changes only what it names
     preset = tmp_path / "preset.yaml"
     preset.write_text("dense_head: {weight: 1.0}\n")
