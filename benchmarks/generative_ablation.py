@@ -70,7 +70,8 @@ def bias_alone(model):
 @contextlib.contextmanager
 def photo_alone(model):
     forward = model.inputs.forward
-    model.inputs.forward = lambda interaction, codes, context=True, *rest: forward(interaction, codes, False, *rest)
+    model.inputs.forward = lambda interaction, codes, context=True, *rest, **named: forward(
+        interaction, codes, False, *rest, **named)
     try:
         yield
     finally:

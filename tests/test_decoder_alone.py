@@ -117,4 +117,3 @@ def test_a_share_of_the_target_on_the_pictured_product_keeps_it_likely(tiny_root
     assert likelihood[0.5] > likelihood[0.0] + 0.2, likelihood
     with pytest.raises(ValueError, match=r"config loss_weights pictured: expected a value in \[0, 1\], got 1.5"):
         prepare(tiny_root, tmp_path, loss_weights={"pictured": 1.5})
-

@@ -45,11 +45,16 @@ def sft_loss(model, interaction) -> torch.Tensor:
     return loss
 
 
+def pictured_products(model, interaction) -> torch.Tensor:
+    """The product each row's query photo shows (0: unknown or no photo)."""
+    return model.inputs.query_product[interaction[model.query_field]]
+
+
 def share_with_pictured(model, interaction, encoded, target: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
     """``nll`` with share ``loss_weights.pictured`` of each row's target moved to the photographed
     product where the user engaged with another (a look-alike): a search that ended on a
     look-alike still says the pictured product was a likely answer, instead of pushing it down."""
-    pictured = model.inputs.query_product[interaction[model.query_field]]
+    pictured = pictured_products(model, interaction)
     rows = torch.nonzero((pictured > 0) & (pictured != target)).squeeze(1)
     if not len(rows):
         return nll
@@ -68,7 +73,7 @@ def rejected_items(model, interaction) -> torch.Tensor:
     target = interaction[model.POS_ITEM_ID]
     rejected = model.code_neighbour[target]
     if model.params.photos:
-        pictured = model.inputs.query_product[interaction[model.query_field]]
+        pictured = pictured_products(model, interaction)
         rejected = torch.where((pictured > 0) & (pictured != target), pictured, rejected)
     return rejected
 
@@ -102,7 +107,7 @@ def visual_prior_loss(model, interaction) -> torch.Tensor:
     random views as the batch has rows), so every item's SID is learnt from its appearance,
     clicked in training or not."""
     inputs, codes, terms = model.inputs, model.codes, []
-    product = inputs.query_product[interaction[model.query_field]]
+    product = pictured_products(model, interaction)
     known = torch.nonzero(product > 0).squeeze(1)
     if len(known):
         rows = interaction[known]
