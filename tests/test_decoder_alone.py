@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from onevision_support import prepare, train_steps
 
 
-def test_node_outputs_start_as_the_decoder_without_them(tiny_root, tmp_path):
-    _, _, plain, (train, _, _) = prepare(tiny_root, tmp_path)
-    _, _, nodes, _ = prepare(tiny_root, tmp_path, node_outputs=True)
+def test_node_outputs_start_as_the_decoder_without_them_where_there_are_no_photos(tiny_root, tmp_path):
+    _, _, plain, (train, _, _) = prepare(tiny_root, tmp_path, visual_tokens=0)
+    _, _, nodes, _ = prepare(tiny_root, tmp_path, node_outputs=True, visual_tokens=0)
     extra = set(nodes.state_dict()) - set(plain.state_dict())
     assert extra and all(k.startswith("sid_decoder.nodes.") for k in extra)
     state = {k: v for k, v in plain.state_dict().items() if k != "_extra_state"}
@@ -19,6 +19,34 @@ def test_node_outputs_start_as_the_decoder_without_them(tiny_root, tmp_path):
     batch = next(iter(train))
     items = batch["item_id"]
     assert torch.allclose(plain(batch, items), nodes(batch, items), atol=1e-5)
+
+
+def _pictured_ranks(model, batches) -> torch.Tensor:
+    """Rank (0 = first) of each photo's pictured product among all items, by the decoder alone."""
+    model.eval()
+    ranks = []
+    with torch.no_grad():
+        for batch in batches:
+            product = model.inputs.query_product[batch["query_id"]]
+            rows = batch[product > 0]
+            items = torch.arange(1, model.n_items).expand(len(rows), -1)
+            scores = model(rows, items)
+            target = scores.gather(1, product[product > 0].unsqueeze(1) - 1)
+            ranks.append((scores > target).sum(1))
+    return torch.cat(ranks)
+
+
+def test_node_outputs_start_from_the_items_content(tiny_root, tmp_path):
+    """With catalogue views, node outputs start from each item's mean view feature: untrained, the
+    decoder alone already finds the photographed product (nearest centroid); started at zero it
+    would rank at random."""
+    _, _, nodes, (train, _, _) = prepare(tiny_root, tmp_path, node_outputs=True, visual_bias=0)
+    _, _, plain, _ = prepare(tiny_root, tmp_path, visual_bias=0)
+    batches = [b for _, b in zip(range(2), train)]
+    found, chance = _pictured_ranks(nodes, batches), _pictured_ranks(plain, batches)
+    assert (found < 5).float().mean() > 0.5 > (chance < 5).float().mean() + 0.3, (found, chance)
+    basis = nodes.sid_decoder.nodes.photo.weight  # orthonormal rows: P projects, it does not distort
+    assert torch.allclose(basis @ basis.T, torch.eye(len(basis)), atol=1e-4)
 
 
 def _photo_fit(model, batches, steps) -> float:

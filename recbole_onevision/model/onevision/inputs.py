@@ -87,6 +87,16 @@ class EncoderInputs(nn.Module):
         offsets = codes.offsets[:predicted.shape[1]].to(predicted.device)
         return self.tokenizer.query_features(embeddings), predicted + offsets
 
+    def item_centroids(self, dataset, codes: SIDCodes) -> torch.Tensor | None:
+        """(item_num, width) each item's mean catalogue-view feature as photos are read, unit
+        length (zeros: padding and items without views); None without catalogue views."""
+        views = getattr(dataset, "view_embedding", None)
+        if views is None:
+            return None
+        features = self.view_feature if self.view_feature is not None else self._features_and_prefix(views, codes)[0]
+        sums = torch.zeros(dataset.item_num, features.shape[1]).index_add_(0, dataset.view_item, features.cpu())
+        return F.normalize(sums, dim=1)
+
     def photo(self, interaction) -> torch.Tensor | None:
         """The rows' fused photo features as the encoder reads them (zeros for rows without a
         photo; None without photos): in training, with ``photo_noise``, a noisy copy."""

@@ -71,6 +71,9 @@ class OneVision(SequentialRecommender):
         self.stage_set: str | None = None  # the stage a trainer set, None before any
         self._reference: dict[str, torch.Tensor] | None = None  # DPO's frozen policy
         self.apply(self._init_weights)
+        centroids = self.inputs.item_centroids(dataset, self.codes) if nodes is not None and params.photos else None
+        if centroids is not None:  # after the weight initialisation, which would overwrite P
+            nodes.start_from_content(centroids)
 
     @classmethod
     def check_config(cls, config) -> None:
