@@ -149,7 +149,8 @@ def test_command_line_prints_the_table_and_names_bad_input(runs, capsys):
     out = capsys.readouterr().out
     assert "photo-only search" in out and "| rank | item | score | SID |" in out
     assert len([line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]) == 3
-    for args, message in [(["--query", "no-such-photo"], "query photo 'no-such-photo' is not in the dataset"),
+    for args, message in [(["--query", "no-such-photo"],
+                           r"query photo 'no-such-photo' is not in the dataset \(its query photo ids look like '"),
                           (["--query", query, "--k", "0"], "k: expected an integer from 1 to 100"),
                           (["--image", __file__], "not a readable image")]:
         with pytest.raises(SystemExit, match=f"search: error: .*{message}"):

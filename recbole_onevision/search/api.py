@@ -213,7 +213,9 @@ class Searcher:
         """The embedding of one of the dataset's query photos, by its id."""
         internal = self.dataset.field2token_id[self.histories.query_field].get(token, 0)
         if not internal:
-            raise SearchError(f"query photo {token!r} is not in the dataset", 404)
+            tokens = self.dataset.field2id_token[self.histories.query_field]
+            example = f" (its query photo ids look like {str(tokens[1])!r})" if len(tokens) > 1 else ""
+            raise SearchError(f"query photo {token!r} is not in the dataset{example}", 404)
         return self.dataset.query_embedding[internal].numpy()
 
     def item(self, token: str) -> Hit:
