@@ -28,8 +28,8 @@ class NodeOutputs(nn.Module):
         super().__init__()
         self.trie = trie
         sizes = [int(trie.item_nodes(level).max()) + 1 for level in range(trie.levels)]
-        # zeros: a new model starts as the decoder without them (plain parameters, so the model's
-        # weight initialisation, which reinitialises embeddings, leaves them so)
+        # zeros: without a content start a new model begins as the decoder without them (plain
+        # parameters, so the model's weight initialisation, which reinitialises embeddings, leaves them so)
         self.vectors = nn.ParameterList(nn.Parameter(torch.zeros(n, d_model)) for n in sizes)
         self.photo = nn.Linear(photo_width, d_model, bias=False) if photo_width else None
         # kept apart from the state's vectors so that the content start is not drowned by an
