@@ -1,14 +1,16 @@
 """Which part of a trained OneVision does the search: one checkpoint, four inference settings.
 
     python benchmarks/generative_ablation.py --checkpoint saved/<run>-dpo.pth [--dataset mvshop-mini]
-        [--no_bias_checkpoint saved/<run trained with --visual_bias=0>-dpo.pth] [--key=value ...]
+        [--no_bias_checkpoint saved/<run trained with --visual_bias=0>-dpo.pth] [--config_files F] [--key=value ...]
+    python benchmarks/generative_ablation.py --no_bias_checkpoint saved/<run>-dpo.pth [--config_files F] [--key=value ...]
 
 The checkpoint is evaluated on the test split through RecBole's evaluator as trained (decoder +
 visual bias), with the visual bias's scale set to 0 (the decoder alone), with the decoder's
 logits set to 0 (the visual bias alone, still under the SID trie; with ``item_attributes`` their
 output logits too) and with the user's profile and history removed (the photo alone).
 ``--no_bias_checkpoint`` adds a model trained without the bias, as trained and with the photo
-alone. Run with the overrides the checkpoints were trained with, so the same SIDs are rebuilt
+alone (given alone, only those two rows: what the user adds to the decoder alone). Run with the
+config files and overrides the checkpoints were trained with, so the same SIDs are rebuilt
 (they come from the VRQ cache); on data without behaviours (image folders) add
 ``--metrics="['Recall','NDCG']"``.
 """
@@ -24,7 +26,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_onevision.cli import parse_with_overrides  # noqa: E402
+from recbole_onevision.cli import config_file_list, parse_with_overrides  # noqa: E402
 from recbole_onevision.quick_start import load_trained  # noqa: E402
 
 METRICS = ["Recall", "NDCG", "ProductHit", "OrderNDCG"]
@@ -86,36 +88,47 @@ def evaluate(trained) -> dict[str, float]:
 
 def main(argv=None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a OneVision checkpoint trained with the visual bias")
+    parser.add_argument("--checkpoint", default=None, help="a OneVision checkpoint trained with the visual bias")
     parser.add_argument("--no_bias_checkpoint", default=None, help="one trained with --visual_bias=0")
     parser.add_argument("--dataset", default="mvshop-mini")
+    parser.add_argument("--config_files", default=None, help="extra config files (space or comma separated), as for run.py")
     args, overrides = parse_with_overrides(parser, argv)
+    if not (args.checkpoint or args.no_bias_checkpoint):
+        parser.error("give --checkpoint, --no_bias_checkpoint or both")
     try:
         return ablate(args, overrides)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(2, f"generative_ablation: error: {err}\n")
 
 
-def ablate(args, overrides) -> dict[str, dict]:
-    settings = {"metrics": METRICS, "topk": [1, 5, 10]}
-    trained = load_trained("OneVision", args.dataset, args.checkpoint, config_dict=settings, cmd_args=overrides)
+def ablate_bias(checkpoint: str, dataset: str, files, settings: dict, overrides) -> dict[str, dict]:
+    """The four settings of a checkpoint trained with the visual bias."""
+    trained = load_trained("OneVision", dataset, checkpoint, files, config_dict=settings, cmd_args=overrides)
     model = trained.model
     if model.visual_bias is None:
-        raise ValueError(f"{args.checkpoint} was trained without the visual bias; pass it as --no_bias_checkpoint")
+        raise ValueError(f"{checkpoint} was trained without the visual bias; pass it as --no_bias_checkpoint")
     rows = {"as trained (decoder + visual bias)": evaluate(trained)}
     for label, setting in (("decoder alone (bias scale 0)", decoder_alone), ("visual bias alone (decoder logits 0)",
                            bias_alone), ("photo alone (no profile, no history)", photo_alone)):
         with setting(model):
             rows[label] = evaluate(trained)
+    return rows
+
+
+def ablate(args, overrides) -> dict[str, dict]:
+    settings = {"metrics": METRICS, "topk": [1, 5, 10]}
+    files = config_file_list(args.config_files)
+    rows = ablate_bias(args.checkpoint, args.dataset, files, settings, overrides) if args.checkpoint else {}
     if args.no_bias_checkpoint:
-        no_bias = load_trained("OneVision", args.dataset, args.no_bias_checkpoint, config_dict=settings,
+        no_bias = load_trained("OneVision", args.dataset, args.no_bias_checkpoint, files, config_dict=settings,
                                cmd_args=[*overrides, "--visual_bias=0"])
         rows["trained and evaluated without the bias"] = evaluate(no_bias)
         with photo_alone(no_bias.model):
             rows["the same, photo alone (no profile, no history)"] = evaluate(no_bias)
-    print(f"\nOneVision on {args.dataset} test, checkpoint {args.checkpoint}; {platform.node()}, "
-          f"torch {torch.__version__}, {datetime.date.today()}\n")
-    columns = [c for c in COLUMNS if c in rows["as trained (decoder + visual bias)"]]
+    print(f"\nOneVision on {args.dataset} test, checkpoints {args.checkpoint or '-'} (bias), "
+          f"{args.no_bias_checkpoint or '-'} (no bias); {platform.node()}, torch {torch.__version__}, "
+          f"{datetime.date.today()}\n")
+    columns = [c for c in COLUMNS if c in next(iter(rows.values()))]
     print("| setting | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 1) + "|")
     for label, result in rows.items():
         print(f"| {label} | " + " | ".join(f"{result[c]:.4f}" for c in columns) + " |")

@@ -72,6 +72,28 @@ def test_score_fusion_script_evaluates_each_setting_as_a_run_would(tiny_root, tm
         score_fusion.main(["--checkpoint", checkpoint, "--weights", "1,-2"])
 
 
+def test_generative_ablation_reads_a_model_trained_without_the_bias_alone(tiny_root, tmp_path):
+    """benchmarks/generative_ablation.py with only --no_bias_checkpoint: its two rows, the first
+    what run.py gave that checkpoint, the second without the user's profile and history."""
+    protocol, common = tinyshop(tiny_root, tmp_path)
+    common += ["--d_model=32", "--ffn_size=64", "--stages={'sft': {'epochs': 2}}", "--visual_bias=0",
+               "--node_outputs=True", "--metrics=['Recall','NDCG','ProductHit','OrderNDCG']", "--topk=[1,5,10]",
+               "--valid_metric=NDCG@10"]
+    trained = run("OneVision", "tinyshop", protocol, cmd_args=common)
+    spec = importlib.util.spec_from_file_location("generative_ablation", os.path.join(BENCHMARKS,
+                                                                                      "generative_ablation.py"))
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    rows = ablation.main(["--no_bias_checkpoint", trained["checkpoint"], "--dataset", "tinyshop",
+                          "--config_files=" + ",".join(protocol), *common])
+    assert list(rows) == ["trained and evaluated without the bias", "the same, photo alone (no profile, no history)"]
+    as_trained, alone = rows.values()
+    assert as_trained == trained["test_result"]
+    assert alone != as_trained  # the user's profile and history were really removed
+    with pytest.raises(SystemExit):
+        ablation.main(["--dataset", "tinyshop"])
+
+
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo"])
 def test_each_stage_changes_the_weights_and_its_loss_falls(tiny_root, tmp_path, stage):
     _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0)
