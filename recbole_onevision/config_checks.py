@@ -81,6 +81,9 @@ def check_external(internal: dict, external: dict, sources: dict[str, str], prop
         if key in REPLACED:
             raise ValueError(f"{where}: config key {key!r} was replaced by {REPLACED[key]!r} "
                              "(recbole_onevision/properties/model/OneVision.yaml)")
+        if key == "config_files":  # RecBole knows it, but reads it only from its own command line
+            raise ValueError(f"{where}: config_files is not read as a config key here; give the files to the "
+                             "command's own --config_files option (run.py, the benchmark, benchmarks/ scripts)")
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]!r}?" if close else " (not a RecBole, plugin or model key)"

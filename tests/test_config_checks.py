@@ -35,6 +35,13 @@ def test_bad_settings_exit_with_a_message_before_any_work(args, message, capsys)
     assert re.search(message, err), err
 
 
+def test_config_files_as_an_override_is_refused_not_ignored():
+    """RecBole knows the key but reads it only from sys.argv: passed on as an override (a script
+    forwarding its unparsed arguments) it would be silently ignored."""
+    with pytest.raises(ValueError, match="config_files is not read as a config key here"):
+        Config("OneVision", "mvshop-mini", None, {}, ["--config_files=properties/decoder-alone.yaml"])
+
+
 def test_onevision_settings_are_checked_before_the_tokenizer_is_fitted(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model=OneVision", "--dataset=ml-100k", f"--vrq_cache_dir={tmp_path}", "--n_heads=3"])
