@@ -46,13 +46,13 @@ class NodeOutputs(nn.Module):
         if self.photo is None:
             raise ValueError("NodeOutputs.start_from_content needs the photo path (data with photos)")
         d, width = self.photo.weight.shape
-        basis = torch.linalg.svd(centroids[1:].float(), full_matrices=False).Vh[:d]
+        items = centroids[1:].float()
+        basis = torch.linalg.svd(items, full_matrices=False).Vh[:d]
         self.photo.weight.zero_()
         self.photo.weight[:len(basis)] = basis  # photo width < d_model: the other rows stay 0
         for level in range(self.trie.levels):
-            nodes = self.trie.item_nodes(level)
             table = self.content[level]
-            means = torch.zeros(table.shape[0], width).index_add_(0, nodes[1:], centroids[1:].float())
+            means = torch.zeros(table.shape[0], width).index_add_(0, self.trie.item_nodes(level)[1:], items)
             table.copy_(CONTENT_SCALE * F.normalize(means, dim=1) @ self.photo.weight.T)
 
     def logits(self, states: torch.Tensor, photo, level: int, children: torch.Tensor) -> torch.Tensor:
