@@ -24,7 +24,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from recbole_onevision.cli import config_file_list, parse_with_overrides  # noqa: E402 (light: argparse only)
+from recbole_onevision.cli import add_config_files, parse_with_overrides  # noqa: E402 (light: argparse only)
 
 
 def leave_one_out_stats(config, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +93,7 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--runs", nargs="+", required=True, help="MODEL=checkpoint.pth, one per model")
-    parser.add_argument("--config_files", default=None, help="extra config files (space or comma separated), as for run.py")
+    add_config_files(parser)
     args, overrides = parse_with_overrides(parser, argv)
     runs = {}
     for run in args.runs:
@@ -101,7 +101,7 @@ def main(argv=None) -> str:
         if not sep or not model or not path:
             parser.error(f"--runs: expected MODEL=checkpoint.pth, got {run!r}")
         runs[model] = path
-    files = config_file_list(args.config_files)
+    files = args.config_files
     results = {model: test_ranks(model, path, args.dataset, files, overrides) for model, path in runs.items()}
     first = next(iter(results.values()))
     for model, (_, pop, length) in results.items():  # every model saw the same test users

@@ -26,7 +26,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_onevision.cli import config_file_list, parse_with_overrides  # noqa: E402
+from recbole_onevision.cli import add_config_files, parse_with_overrides  # noqa: E402
 from recbole_onevision.quick_start import load_trained  # noqa: E402
 
 METRICS = ["Recall", "NDCG", "ProductHit", "OrderNDCG"]
@@ -91,7 +91,7 @@ def main(argv=None) -> dict[str, dict]:
     parser.add_argument("--checkpoint", default=None, help="a OneVision checkpoint trained with the visual bias")
     parser.add_argument("--no_bias_checkpoint", default=None, help="one trained with --visual_bias=0")
     parser.add_argument("--dataset", default="mvshop-mini")
-    parser.add_argument("--config_files", default=None, help="extra config files (space or comma separated), as for run.py")
+    add_config_files(parser)
     args, overrides = parse_with_overrides(parser, argv)
     if not (args.checkpoint or args.no_bias_checkpoint):
         parser.error("give --checkpoint, --no_bias_checkpoint or both")
@@ -117,7 +117,7 @@ def ablate_bias(checkpoint: str, dataset: str, files, settings: dict, overrides)
 
 def ablate(args, overrides) -> dict[str, dict]:
     settings = {"metrics": METRICS, "topk": [1, 5, 10]}
-    files = config_file_list(args.config_files)
+    files = args.config_files
     rows = ablate_bias(args.checkpoint, args.dataset, files, settings, overrides) if args.checkpoint else {}
     if args.no_bias_checkpoint:
         no_bias = load_trained("OneVision", args.dataset, args.no_bias_checkpoint, files, config_dict=settings,

@@ -23,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_onevision.cli import config_file_list, parse_with_overrides  # noqa: E402
+from recbole_onevision.cli import add_config_files, parse_with_overrides  # noqa: E402
 from recbole_onevision.model.onevision.beam_search import beam_search  # noqa: E402
 from recbole_onevision.quick_start import load_trained  # noqa: E402
 from recbole_onevision.topk import RankedLists  # noqa: E402
@@ -74,10 +74,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--dataset", default="Toys")
     parser.add_argument("--weights", default="0,0.5,1,2,4", help="fusion weights (comma-separated)")
     parser.add_argument("--dense", action="store_true", help="also rank by the dense head alone")
-    parser.add_argument("--config_files", default=None, help="extra config files (space or comma separated), as for run.py")
+    add_config_files(parser)
     args, overrides = parse_with_overrides(parser, argv)
     weights = parse_weights(args.weights)
-    trained = load_trained("OneVision", args.dataset, args.checkpoint, config_file_list(args.config_files),
+    trained = load_trained("OneVision", args.dataset, args.checkpoint, args.config_files,
                            cmd_args=overrides)
     model, trainer, (_, valid_data, test_data) = trained.model, trained.trainer, trained.splits
     if not model.params.dense_weight:

@@ -23,8 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", "-d", default=DEFAULT_DATASET,
                         help="dataset folder name under data_path (dataset/ unless overridden); MVShop "
                         f"scales are generated on first use (default: {DEFAULT_DATASET})")
-    parser.add_argument("--config_files", default=None,
-                        help="space- or comma-separated YAML config files")
+    add_config_files(parser)
     parser.add_argument("--checkpoint", default=None,
                         help="evaluate this saved checkpoint (from saved/) on valid and test; no training")
     return parser
@@ -46,14 +45,19 @@ def config_file_list(value: str | None) -> list[str] | None:
     return value.replace(",", " ").split() if value else None
 
 
+def add_config_files(parser: argparse.ArgumentParser) -> None:
+    """The ``--config_files`` option of every command that reads config files: a list, or None."""
+    parser.add_argument("--config_files", type=config_file_list, default=None,
+                        help="space- or comma-separated YAML config files, as for run.py")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args, overrides = parse_with_overrides(parser, argv)
-    files = config_file_list(args.config_files)
     from recbole_onevision.quick_start import run  # heavy imports after --help
 
     try:
-        return run(args.model, args.dataset, files, cmd_args=overrides, checkpoint=args.checkpoint)
+        return run(args.model, args.dataset, args.config_files, cmd_args=overrides, checkpoint=args.checkpoint)
     except (ValueError, KeyError, FileNotFoundError) as err:  # bad input: no traceback
         parser.exit(2, f"run.py: error: {err}\n")
 

@@ -109,6 +109,28 @@ def test_alignment_beats_plain_rq_kmeans_across_views(mini):
     assert vrq["recall_fused"]["R@1"] > vrq["recall_codes"]["R@1"]
 
 
+def test_alignment_and_attributes_each_help_on_their_own(mini):
+    """VRQ's parts one at a time (no code training), measured on held-out query photos through
+    the codes: alignment alone against raw RQ-k-means (raw view features, no attributes) and
+    against attributes alone (raw features + attributes); attributes on top of alignment."""
+    dataset, splits, config = mini["dataset"], mini["splits"], mini["config"]
+    inputs = gather(dataset, splits, config)
+    base = dataclasses.replace(dataset.sid_tokenizer.params, code_steps=0)
+    variants = {"raw": {"align": False, "attribute_weight": 0.0}, "aligned": {"attribute_weight": 0.0},
+                "attributes": {"align": False}, "both": {}}
+    report = {name: sid_report(VRQTokenizer(dataclasses.replace(base, **change)).fit(inputs), inputs)
+              for name, change in variants.items()}
+    recall = {name: r["recall_codes"] for name, r in report.items()}
+    consistency = {name: [level.get("view_consistency") for level in r["levels"]] for name, r in report.items()}
+    for other in ("raw", "attributes"):  # alignment bridges photos and views; neither of these does
+        assert recall["aligned"]["R@1"] > recall[other]["R@1"] + 0.02, recall
+        assert recall["aligned"]["R@5"] > recall[other]["R@5"] + 0.05, recall
+    assert consistency["aligned"][1] > consistency["raw"][1] + 0.03, consistency
+    # attributes pull a photo's first code to its product's category, which views alone miss more often
+    assert consistency["both"][0] > consistency["aligned"][0] + 0.1, consistency
+    assert recall["both"]["R@1"] > recall["aligned"]["R@1"] + 0.02, recall
+
+
 def test_the_report_ranks_by_the_features_the_codes_were_fitted_on(mini):
     dataset, splits, config = mini["dataset"], mini["splits"], mini["config"]
     inputs = gather(dataset, splits, config)

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 
-from recbole_onevision.cli import config_file_list, parse_with_overrides
+from recbole_onevision.cli import add_config_files, parse_with_overrides
 from recbole_onevision.io import atomic_write_text
 
 ABLATIONS = {
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", "-d", required=True, help="dataset folder name under data_path")
     parser.add_argument("--model", default="Pop",
                         help="model whose YAML defaults apply (default: Pop, i.e. none that matter)")
-    parser.add_argument("--config_files", default=None, help="space- or comma-separated YAML config files")
+    add_config_files(parser)
     parser.add_argument("--compare", action="store_true", help="also fit the ablations, one column each")
     parser.add_argument("--max_queries", type=int, default=2000,
                         help="held-out query photos measured (a seeded sample beyond this; default 2000)")
@@ -100,7 +100,7 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args, overrides = parse_with_overrides(parser, argv)
-    files = config_file_list(args.config_files)
+    files = args.config_files
     from recbole_onevision.tokenizer.report import format_reports
 
     try:
