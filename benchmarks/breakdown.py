@@ -101,8 +101,7 @@ def main(argv=None) -> str:
         if not sep or not model or not path:
             parser.error(f"--runs: expected MODEL=checkpoint.pth, got {run!r}")
         runs[model] = path
-    files = args.config_files
-    results = {model: test_ranks(model, path, args.dataset, files, overrides) for model, path in runs.items()}
+    results = {model: test_ranks(model, path, args.dataset, args.config_files, overrides) for model, path in runs.items()}
     first = next(iter(results.values()))
     for model, (_, pop, length) in results.items():  # every model saw the same test users
         if not (np.array_equal(pop, first[1]) and np.array_equal(length, first[2])):

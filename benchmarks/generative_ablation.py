@@ -117,10 +117,9 @@ def ablate_bias(checkpoint: str, dataset: str, files, settings: dict, overrides)
 
 def ablate(args, overrides) -> dict[str, dict]:
     settings = {"metrics": METRICS, "topk": [1, 5, 10]}
-    files = args.config_files
-    rows = ablate_bias(args.checkpoint, args.dataset, files, settings, overrides) if args.checkpoint else {}
+    rows = ablate_bias(args.checkpoint, args.dataset, args.config_files, settings, overrides) if args.checkpoint else {}
     if args.no_bias_checkpoint:
-        no_bias = load_trained("OneVision", args.dataset, args.no_bias_checkpoint, files, config_dict=settings,
+        no_bias = load_trained("OneVision", args.dataset, args.no_bias_checkpoint, args.config_files, config_dict=settings,
                                cmd_args=[*overrides, "--visual_bias=0"])
         rows["trained and evaluated without the bias"] = evaluate(no_bias)
         with photo_alone(no_bias.model):

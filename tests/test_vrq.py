@@ -92,14 +92,22 @@ def test_same_seed_same_sids_without_cache(mini, tmp_path):
     assert not torch.equal(other.item_sid, dataset.item_sid)
 
 
-def test_alignment_beats_plain_rq_kmeans_across_views(mini):
-    """Query photos are distorted far more than catalogue views: the head must bridge that."""
+@pytest.fixture(scope="module")
+def parts(mini):
+    """SID reports of VRQ's parts one at a time (no code training): raw RQ-k-means (raw view
+    features, no attributes), alignment alone, attributes alone (raw features + attributes), both."""
     dataset, splits, config = mini["dataset"], mini["splits"], mini["config"]
     inputs = gather(dataset, splits, config)
-    kmeans_only = dataclasses.replace(dataset.sid_tokenizer.params, code_steps=0)  # alignment alone
-    vrq = sid_report(VRQTokenizer(kmeans_only).fit(inputs), inputs)
-    plain = sid_report(VRQTokenizer(dataclasses.replace(kmeans_only, align=False, attribute_weight=0.0)).fit(inputs),
-                       inputs)
+    base = dataclasses.replace(dataset.sid_tokenizer.params, code_steps=0)
+    variants = {"raw": {"align": False, "attribute_weight": 0.0}, "aligned": {"attribute_weight": 0.0},
+                "attributes": {"align": False}, "both": {}}
+    return {name: sid_report(VRQTokenizer(dataclasses.replace(base, **change)).fit(inputs), inputs)
+            for name, change in variants.items()}
+
+
+def test_alignment_beats_plain_rq_kmeans_across_views(parts):
+    """Query photos are distorted far more than catalogue views: the head must bridge that."""
+    vrq, plain = parts["both"], parts["raw"]
     assert vrq["heldout_queries"] == plain["heldout_queries"] > 500
     for level in (0, 1):
         assert vrq["levels"][level]["view_consistency"] > plain["levels"][level]["view_consistency"] + 0.04
@@ -109,19 +117,11 @@ def test_alignment_beats_plain_rq_kmeans_across_views(mini):
     assert vrq["recall_fused"]["R@1"] > vrq["recall_codes"]["R@1"]
 
 
-def test_alignment_and_attributes_each_help_on_their_own(mini):
-    """VRQ's parts one at a time (no code training), measured on held-out query photos through
-    the codes: alignment alone against raw RQ-k-means (raw view features, no attributes) and
-    against attributes alone (raw features + attributes); attributes on top of alignment."""
-    dataset, splits, config = mini["dataset"], mini["splits"], mini["config"]
-    inputs = gather(dataset, splits, config)
-    base = dataclasses.replace(dataset.sid_tokenizer.params, code_steps=0)
-    variants = {"raw": {"align": False, "attribute_weight": 0.0}, "aligned": {"attribute_weight": 0.0},
-                "attributes": {"align": False}, "both": {}}
-    report = {name: sid_report(VRQTokenizer(dataclasses.replace(base, **change)).fit(inputs), inputs)
-              for name, change in variants.items()}
-    recall = {name: r["recall_codes"] for name, r in report.items()}
-    consistency = {name: [level.get("view_consistency") for level in r["levels"]] for name, r in report.items()}
+def test_alignment_and_attributes_each_help_on_their_own(parts):
+    """Measured on held-out query photos through the codes: alignment alone against raw
+    RQ-k-means and against attributes alone; attributes on top of alignment."""
+    recall = {name: r["recall_codes"] for name, r in parts.items()}
+    consistency = {name: [level.get("view_consistency") for level in r["levels"]] for name, r in parts.items()}
     for other in ("raw", "attributes"):  # alignment bridges photos and views; neither of these does
         assert recall["aligned"]["R@1"] > recall[other]["R@1"] + 0.02, recall
         assert recall["aligned"]["R@5"] > recall[other]["R@5"] + 0.05, recall

@@ -100,11 +100,10 @@ def tokenize(dataset: str, model: str = "Pop", config_files=None, overrides=None
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args, overrides = parse_with_overrides(parser, argv)
-    files = args.config_files
     from recbole_onevision.tokenizer.report import format_reports
 
     try:
-        reports = tokenize(args.dataset, args.model, files, overrides, args.compare, args.max_queries)
+        reports = tokenize(args.dataset, args.model, args.config_files, overrides, args.compare, args.max_queries)
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.exit(2, f"tokenizer: error: {err}\n")
     print(f"\nSemantic IDs of {args.dataset} (fitted on the training split; recall and view consistency "
