@@ -12,7 +12,7 @@ one dataset (checkpoints that record their settings: trained by this version's `
 
 Each configuration is its own server process, ``python -m recbole_onevision.serve --checkpoint
 NAME=PATH --port <free port> --batch-size B --batch-wait-ms T`` on 127.0.0.1 (with pruning on,
-the same ``main`` started through this file, which only adds the override to
+the same ``main`` started through ``serving_server.py``, which only adds the override to
 ``Searcher.from_checkpoint``: the service has no flag for it). The benchmark waits for
 ``/health`` (``--start-timeout``), sends ``--warmup`` requests one at a time (not counted), then
 for each concurrency c runs c client workers (one asyncio httpx client, keep-alive connections)
@@ -44,7 +44,7 @@ every figure, the machine, the commit, the arguments) and prints the tables in m
 and records what the run holds in memory, by module: learnt parameters, and the tensors rebuilt
 from the dataset at load (view tables, SIDs, item features).
 
-Needs the ``serve`` extra and httpx (the ``test`` extra). The commands and figures are in
+Needs the ``serve`` extra and httpx2 (the ``test`` extra). The commands and figures are in
 docs/serving.md ("Serving benchmark").
 """
 from __future__ import annotations
@@ -56,221 +56,24 @@ import itertools
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVE_WITH_OVERRIDES = "--serve-with-overrides"  # internal: this file as the server, see serve_with_overrides
-
-
-# ----- the server side -------------------------------------------------------------------------
-def serve_with_overrides(overrides: dict, argv: list[str]) -> None:
-    """``python -m recbole_onevision.serve`` with ``overrides`` passed to every
-    ``Searcher.from_checkpoint`` (the service itself takes no inference settings)."""
-    sys.path.insert(0, ROOT)
-    from recbole_onevision.search import Searcher
-    from recbole_onevision.serve.__main__ import main
-
-    load = Searcher.from_checkpoint.__func__
-
-    def from_checkpoint(cls, checkpoint, more=None, encoder=None):
-        return load(cls, checkpoint, {**overrides, **(more or {})}, encoder)
-
-    Searcher.from_checkpoint = classmethod(from_checkpoint)
-    main(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (kB) of a live process; {} once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
-    except (FileNotFoundError, ProcessLookupError):
-        return {}
-
-
-class Server:
-    """One configuration's service, a child process on 127.0.0.1."""
-
-    def __init__(self, name: str, checkpoint: str, batch: int, wait_ms: float, overrides: dict | None):
-        self.port = free_port()
-        serve_args = ["--checkpoint", f"{name}={checkpoint}", "--host", "127.0.0.1", "--port", str(self.port),
-                      "--batch-size", str(batch), "--batch-wait-ms", str(wait_ms)]
-        if overrides:
-            command = [sys.executable, os.path.abspath(__file__), SERVE_WITH_OVERRIDES, json.dumps(overrides),
-                       *serve_args]
-        else:
-            command = [sys.executable, "-m", "recbole_onevision.serve", *serve_args]
-        self.command = command
-        self.log = tempfile.TemporaryFile()
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_healthy(self, timeout: float) -> float:
-        """Seconds from process start to a 200 from /health; RuntimeError (with the log) if it
-        exits or times out first."""
-        import httpx
-
-        deadline = self.started + timeout
-        while time.perf_counter() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"server not healthy after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")[-chars:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-# ----- the queries -----------------------------------------------------------------------------
-def held_out_queries(checkpoints: list[str], kind: str, limit: int, with_user: bool) -> dict:
-    """(in a child process: the dataset stays out of the client) Each checkpoint's model and
-    dataset, and up to ``limit`` test-split queries of the first one's dataset, spread over the
-    split: {"runs": [{model, dataset}], "queries": [{query, user, image | embedding}],
-    "held_out": n}."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    sys.path.insert(0, ROOT)
-    from recbole.utils import init_seed
-
-    from recbole_onevision.compat import load_checkpoint
-    from recbole_onevision.config import Config
-    from recbole_onevision.registry import create_dataset, data_preparation
-    from recbole_onevision.search.run import catalogue_of
-
-    runs, saved = [], None
-    for path in checkpoints:
-        state = load_checkpoint(path, map_location="cpu")
-        config = state.get("config") if isinstance(state, dict) else None
-        if not isinstance(config, dict) or "overrides" not in config:
-            raise SystemExit(f"serving: {path} records no run settings (trained before checkpoints did): "
-                             "train it again with run.py")
-        runs.append({"model": config["model"], "dataset": config["dataset"]})
-        saved = saved or config
-    if len({r["dataset"] for r in runs}) > 1:
-        raise SystemExit(f"serving: one dataset per run; got {sorted({r['dataset'] for r in runs})}")
-    settings = {**saved["overrides"], "data_path": saved["data_path"], "show_progress": False, "state": "WARNING",
-                "save_dataset": False, "save_dataloaders": False}
-    config = Config(saved["model"], saved["dataset"], config_dict=settings)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    test = data_preparation(config, dataset)[2]._dataset
-    field = config["QUERY_ID_FIELD"] or "query_id"
-    queries, users = test.inter_feat[field].tolist(), test.inter_feat[dataset.uid_field].tolist()
-    rows = [n for n, q in enumerate(queries) if q]
-    tokens, user_tokens = dataset.field2id_token[field], dataset.field2id_token[dataset.uid_field]
-    images = catalogue_of(config, dataset).images if kind == "images" else {}
-    if kind == "images":
-        rows = [n for n in rows if os.path.isfile(images.get(str(tokens[queries[n]]), ""))]
-        if not rows:
-            raise SystemExit(f"serving: no test query of {saved['dataset']} has an image file: convert it again "
-                             "(the converter's <name>.photos.json records them)")
-    out = []
-    for n in rows[::max(len(rows) // limit, 1)][:limit]:
-        token = str(tokens[queries[n]])
-        query = {"query": token, "user": str(user_tokens[users[n]]) if with_user and users[n] else None}
-        if kind == "images":
-            query["image"] = images[token]
-        else:
-            query["embedding"] = dataset.query_embedding[queries[n]].tolist()
-        out.append(query)
-    return {"runs": runs, "queries": out, "held_out": len(rows)}
-
-
-def footprint(checkpoint: str) -> dict:
-    """(in a child process) What the loaded run holds: learnt parameters and the tensors
-    rebuilt from the dataset (non-persistent buffers: view tables, SIDs, item features), in MB
-    by module, and the rows of the RecBole dataset the service keeps for user histories."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    sys.path.insert(0, ROOT)
-    from recbole_onevision.search.run import load_run
-
-    run = load_run(checkpoint)
-    mb = lambda t: t.numel() * t.element_size() / 2 ** 20  # noqa: E731
-
-    def group(name: str) -> str:  # the module (two levels at most), or the tensor's own name at the top
-        parts = name.split(".")
-        parts = [p for p in (parts[:-1] or parts)[:2] if not p.isdigit()]
-        return ".".join(parts)
-
-    parameters, buffers, seen = {}, {}, set()
-    for name, p in run.model.named_parameters():
-        parameters[group(name)] = parameters.get(group(name), 0) + mb(p)
-    for name, b in run.model.named_buffers():
-        if b is None or b.data_ptr() in seen:
-            continue
-        seen.add(b.data_ptr())
-        buffers[name] = buffers.get(name, 0) + mb(b)
-    dataset = run.dataset
-    tokenizer = getattr(dataset, "sid_tokenizer", None)  # VRQ: photo -> SID prefix, outside the model's modules
-    vrq = None
-    if tokenizer is not None:
-        head = list(tokenizer.head.parameters()) if tokenizer.head is not None else []
-        vrq = {"codebooks": sum(map(mb, tokenizer.codebooks)), "attribute_prototypes": sum(map(mb, tokenizer.prototypes)),
-               "alignment_head": sum(map(mb, head)), "item_sid": mb(tokenizer.item_sid)}
-    rounded = lambda d: {k: round(v, 2) for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v >= 0.01}  # noqa: E731
-    return {"model": run.config["model"], "dataset": run.config["dataset"],
-            "parameters": sum(p.numel() for p in run.model.parameters()),
-            "parameter_mb": rounded(parameters), "buffer_mb": rounded(buffers), "vrq_mb": vrq and rounded(vrq),
-            "items": int(dataset.item_num) - 1, "users": int(dataset.user_num) - 1,
-            "interactions": len(dataset.inter_feat),
-            "catalogue_views": len(dataset.view_item) if getattr(dataset, "view_item", None) is not None else None}
-
-
-def payloads(queries: list[dict], kind: str, k: int) -> list[dict]:
-    """httpx keyword arguments of each request, built before any timing."""
-    out = []
-    for q in queries:
-        user = {"user": q["user"]} if q["user"] else {}
-        if kind == "images":
-            with open(q["image"], "rb") as f:
-                body = f.read()
-            out.append({"files": {"image": (os.path.basename(q["image"]), body, "application/octet-stream")},
-                        "data": {"k": str(k), **user}})
-        else:
-            out.append({"json": {"embedding": q["embedding"], "k": k, **user}})
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its two halves, beside it
+from serving_queries import footprint, held_out_queries, payloads  # noqa: E402
+from serving_server import ROOT, Server, memory_kb  # noqa: E402
 
 
 # ----- the client ------------------------------------------------------------------------------
 async def load_level(url: str, requests: list[dict], n: int, concurrency: int, k: int, max_seconds: float,
                      timeout: float) -> dict:
     """Up to ``n`` requests from ``concurrency`` workers, none started after ``max_seconds``."""
-    import httpx
+    import httpx2 as httpx  # the test extra's client (httpx2: what FastAPI's TestClient needs too)
 
     counter = itertools.count()
     records = []
@@ -482,7 +285,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == SERVE_WITH_OVERRIDES:
-        serve_with_overrides(json.loads(sys.argv[2]), sys.argv[3:])
-    else:
-        main()
+    main()
