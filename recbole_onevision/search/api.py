@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from recbole.data.interaction import Interaction
 
 from recbole_onevision.preprocess.image_encoder import ImageError, encoder_from_spec, open_image, same_encoder
 from recbole_onevision.search.errors import SearchError

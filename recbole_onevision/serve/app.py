@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
-from recbole_onevision.search import Query, Searcher, SearchError
+from recbole_onevision.search import Searcher, SearchError
 from recbole_onevision.serve.batching import Batching, MicroBatcher
 from recbole_onevision.serve.requests import query_from_form, query_from_json, read_body
 
