@@ -11,6 +11,7 @@ from recbole_onevision.config import Config
 from recbole_onevision.preprocess import mvshop
 from recbole_onevision.registry import create_dataset
 from recbole_onevision.tokenizer import TokenizerConfigError, build_tokenizer
+from recbole_onevision.tokenizer import __main__ as tokenizer_cli
 from recbole_onevision.tokenizer.__main__ import main as tokenize_main
 from recbole_onevision.tokenizer.inputs import gather
 from recbole_onevision.tokenizer.kmeans import kmeans, nearest
@@ -241,8 +242,11 @@ def test_trained_codes_retrieve_held_out_photos_better_than_kmeans_codes(mini, t
     assert recall[300] > recall[0] + 0.05, recall
 
 
-def test_tokenize_cli_prints_the_comparison(mini, capsys, tmp_path):
-    reports = tokenize_main(["--dataset", "mvshop-mini", "--compare", f"--data_path={mini['root']}",
+def test_tokenize_cli_prints_the_comparison(tiny_root, capsys, tmp_path, monkeypatch):
+    # the command's table on the tiny shop, with short code training: what the variants are worth
+    # is the tests' above (test_trained_codes_... trains the codebooks as the table's row does)
+    monkeypatch.setitem(tokenizer_cli.ABLATIONS, "+ trained codebooks", {"vrq_last_codes": "auto", "vrq_code_steps": 20})
+    reports = tokenize_main(["--dataset", "mvshop-mini", "--compare", f"--data_path={tiny_root}",
                              "--vrq_align_steps=30", "--show_progress=False", "--state=WARNING",
                              f"--vrq_cache_dir={tmp_path}", "--max_queries=200"])
     out = capsys.readouterr().out
