@@ -243,8 +243,8 @@ def test_trained_codes_retrieve_held_out_photos_better_than_kmeans_codes(mini, t
 
 
 def test_tokenize_cli_prints_the_comparison(tiny_root, capsys, tmp_path, monkeypatch):
-    # the command's table on the tiny shop, with short code training: what the variants are worth
-    # is the tests' above (test_trained_codes_... trains the codebooks as the table's row does)
+    # the command's table on the tiny shop, with short code training; what the variants are worth
+    # is tested above (test_trained_codes_... trains the codebooks as the table's row does)
     monkeypatch.setitem(tokenizer_cli.ABLATIONS, "+ trained codebooks", {"vrq_last_codes": "auto", "vrq_code_steps": 20})
     reports = tokenize_main(["--dataset", "mvshop-mini", "--compare", f"--data_path={tiny_root}",
                              "--vrq_align_steps=30", "--show_progress=False", "--state=WARNING",
