@@ -19,7 +19,8 @@ SCRIPT = os.path.join(REPO, "benchmarks", "serving.py")
 
 def benchmark(*args, timeout=600):
     # the tiny shop's photos.json names an image encoder in tests/search_support.py
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    path = [os.path.dirname(__file__), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
