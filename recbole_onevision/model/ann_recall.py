@@ -42,7 +42,7 @@ from recbole_onevision.io import atomic_open
 KINDS = ("exact", "hnsw", "ivf")
 # each parameter's default; None: ef_search twice the views asked (ViewIndex.views_for),
 # nlist from the catalogue's size (_ivf_lists). nprobe 128: item recall@100 0.985 on MVShop
-# small (64: 0.94, 256: 0.998), docs/results/scale.md
+# small's 150k views, 0.93 on 3M views, where 256 holds 0.98 (docs/results/scale.md)
 PARAMS = {"hnsw": {"M": 32, "ef_construction": 80, "ef_search": None},
           "ivf": {"nlist": None, "nprobe": 128}}
 SEARCH_TIME = ("ef_search", "nprobe")  # set per search: not part of the built (cached) index
