@@ -41,8 +41,8 @@ from recbole_onevision.io import atomic_open
 
 KINDS = ("exact", "hnsw", "ivf")
 # each parameter's default; None: ef_search twice the views asked (ViewIndex.views_for),
-# nlist from the catalogue's size (_ivf_lists). nprobe 128: item recall@100 0.985 on MVShop
-# small's 150k views, 0.93 on 3M views, where 256 holds 0.98 (docs/results/scale.md)
+# nlist from the catalogue's size (_ivf_lists). nprobe 128 suits catalogues of 10^5 views; at
+# millions of views recall drops and 256 holds it (docs/results/scale.md)
 PARAMS = {"hnsw": {"M": 32, "ef_construction": 80, "ef_search": None},
           "ivf": {"nlist": None, "nprobe": 128}}
 SEARCH_TIME = ("ef_search", "nprobe")  # set per search: not part of the built (cached) index
