@@ -1,7 +1,8 @@
 """Which part of a trained OneVision does the search: one checkpoint, four inference settings.
 
     python benchmarks/generative_ablation.py --checkpoint saved/<run>-dpo.pth [--dataset mvshop-mini]
-        [--no_bias_checkpoint saved/<run trained with --visual_bias=0>-dpo.pth] [--config_files F] [--key=value ...]
+        [--no_bias_checkpoint saved/<run trained with --visual_bias=0>-dpo.pth]
+        [--mca_checkpoint saved/MCA-<run>.pth] [--config_files F] [--key=value ...]
     python benchmarks/generative_ablation.py --no_bias_checkpoint saved/<run>-dpo.pth [--config_files F] [--key=value ...]
 
 The checkpoint is evaluated on the test split through RecBole's evaluator as trained (decoder +
@@ -9,7 +10,9 @@ visual bias), with the visual bias's scale set to 0 (the decoder alone), with th
 logits set to 0 (the visual bias alone, still under the SID trie; with ``item_attributes`` their
 output logits too) and with the user's profile and history removed (the photo alone).
 ``--no_bias_checkpoint`` adds a model trained without the bias, as trained and with the photo
-alone (given alone, only those two rows: what the user adds to the decoder alone). Run with the
+alone (given alone, only those two rows: what the user adds to the decoder alone).
+``--mca_checkpoint`` adds the cascade the same way, as trained and with its ranker's user inputs
+(history and profile) blanked, so both models' user parts are measured alike. Run with the
 config files and overrides the checkpoints were trained with, so the same SIDs are rebuilt
 (they come from the VRQ cache); on data without behaviours (image folders) add
 ``--metrics="['Recall','NDCG']"``.
@@ -80,6 +83,22 @@ def photo_alone(model):
         del model.inputs.forward
 
 
+@contextlib.contextmanager
+def cascade_photo_alone(model):
+    """MCA's ranker without the user: history and profile read as padding (zero vectors)."""
+    rank = model.rank
+
+    def blanked(interaction, items, similarity):
+        user = {f: torch.zeros_like(interaction[f]) for f in (model.ITEM_SEQ, *model.profile_fields)}
+        return rank({model.query_field: interaction[model.query_field], **user}, items, similarity)
+
+    model.rank = blanked
+    try:
+        yield
+    finally:
+        del model.rank
+
+
 def evaluate(trained) -> dict[str, float]:
     test = trained.splits[2]
     with torch.no_grad():
@@ -90,11 +109,12 @@ def main(argv=None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="a OneVision checkpoint trained with the visual bias")
     parser.add_argument("--no_bias_checkpoint", default=None, help="one trained with --visual_bias=0")
+    parser.add_argument("--mca_checkpoint", default=None, help="an MCA checkpoint of the same data")
     parser.add_argument("--dataset", default="mvshop-mini")
     add_config_files(parser)
     args, overrides = parse_with_overrides(parser, argv)
-    if not (args.checkpoint or args.no_bias_checkpoint):
-        parser.error("give --checkpoint, --no_bias_checkpoint or both")
+    if not (args.checkpoint or args.no_bias_checkpoint or args.mca_checkpoint):
+        parser.error("give --checkpoint, --no_bias_checkpoint, --mca_checkpoint or several")
     try:
         return ablate(args, overrides)
     except (FileNotFoundError, ValueError) as err:
@@ -124,8 +144,14 @@ def ablate(args, overrides) -> dict[str, dict]:
         rows["trained and evaluated without the bias"] = evaluate(no_bias)
         with photo_alone(no_bias.model):
             rows["the same, photo alone (no profile, no history)"] = evaluate(no_bias)
+    if args.mca_checkpoint:
+        mca = load_trained("MCA", args.dataset, args.mca_checkpoint, args.config_files, config_dict=settings,
+                           cmd_args=overrides)
+        rows["MCA as trained"] = evaluate(mca)
+        with cascade_photo_alone(mca.model):
+            rows["MCA, photo alone (ranker without profile and history)"] = evaluate(mca)
     print(f"\nOneVision on {args.dataset} test, checkpoints {args.checkpoint or '-'} (bias), "
-          f"{args.no_bias_checkpoint or '-'} (no bias); {platform.node()}, torch {torch.__version__}, "
+          f"{args.no_bias_checkpoint or '-'} (no bias), {args.mca_checkpoint or '-'} (MCA); {platform.node()}, torch {torch.__version__}, "
           f"{datetime.date.today()}\n")
     columns = [c for c in COLUMNS if c in next(iter(rows.values()))]
     print("| setting | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 1) + "|")

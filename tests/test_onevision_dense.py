@@ -49,17 +49,16 @@ def test_onevision_without_photos_or_profile_runs_on_ml100k(tmp_path):
     assert (torch.isfinite(row).sum(1) >= config["beam_size"]).all() and torch.isinf(row[:, 0]).all()
 
 
-_UNTRAINED_HEAD: dict = {}  # (stage, readout) -> mean rank with the loss off: a temperature does not change it
-
-
+# dot products are covered by the decoder readout, so the history readout runs with a temperature only
 @pytest.mark.parametrize("stage, readout, temperature", [("sft", "decoder", None), ("dpo", "decoder", None),
-                                                        ("sft", "history", None), ("sft", "history", 0.1)])
+                                                        ("sft", "history", 0.1)])
 def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stage, readout, temperature):
     """The dense head ranks the training targets far higher with its loss on than off."""
-    mean_rank = {0.0: _UNTRAINED_HEAD.get((stage, readout))}
-    for weight in (0.0, 1.0) if mean_rank[0.0] is None else (1.0,):
+    mean_rank = {}
+    for weight in (0.0, 1.0):
+        # without the visual prior's extra passes (half a step's time), which the dense loss does not touch
         _, _, model, (train, _, _) = prepare(tiny_root, tmp_path, dropout=0.0, encoder_dropout=0.0,
-                                             history_item_embedding=True,
+                                             history_item_embedding=True, loss_weights={"visual_prior": 0.0},
                                              dense_head={"weight": weight, "readout": readout,
                                                          "temperature": temperature})
         batches = list(train)
@@ -67,7 +66,6 @@ def test_dense_loss_teaches_the_dense_head_the_targets(tiny_root, tmp_path, stag
         train_steps(model, batches, 120)  # past the transient: at 60 steps an AMD EPYC gave 0.61 (SFT), 0.41 (DPO)
         model.eval()
         mean_rank[weight] = dense_target_ranks(model, batches).mean()
-    _UNTRAINED_HEAD[stage, readout] = mean_rank[0.0]
     assert mean_rank[1.0] < 0.5 * mean_rank[0.0], mean_rank
 
 

@@ -21,7 +21,7 @@ def test_training_memorises_a_tiny_shop(tiny_root, tmp_path):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     batches = list(train)
     losses = []
-    for _ in range(60):
+    for _ in range(40):  # an AMD EPYC: loss at 0.10 of its start and 99% at rank 1 by then
         for batch in batches:
             optimizer.zero_grad()
             loss = model.calculate_loss(batch)
