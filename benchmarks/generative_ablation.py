@@ -1,4 +1,5 @@
-"""Which part of a trained OneVision does the search: one checkpoint, four inference settings.
+"""Which part of a trained OneVision does the search: one checkpoint, four inference settings
+(and the cascade's user part beside it, measured the same way).
 
     python benchmarks/generative_ablation.py --checkpoint saved/<run>-dpo.pth [--dataset mvshop-mini]
         [--no_bias_checkpoint saved/<run trained with --visual_bias=0>-dpo.pth]
@@ -150,8 +151,8 @@ def ablate(args, overrides) -> dict[str, dict]:
         rows["MCA as trained"] = evaluate(mca)
         with cascade_photo_alone(mca.model):
             rows["MCA, photo alone (ranker without profile and history)"] = evaluate(mca)
-    print(f"\nOneVision on {args.dataset} test, checkpoints {args.checkpoint or '-'} (bias), "
-          f"{args.no_bias_checkpoint or '-'} (no bias), {args.mca_checkpoint or '-'} (MCA); {platform.node()}, torch {torch.__version__}, "
+    print(f"\n{args.dataset} test, checkpoints {args.checkpoint or '-'} (bias), {args.no_bias_checkpoint or '-'} "
+          f"(no bias), {args.mca_checkpoint or '-'} (MCA); {platform.node()}, torch {torch.__version__}, "
           f"{datetime.date.today()}\n")
     columns = [c for c in COLUMNS if c in next(iter(rows.values()))]
     print("| setting | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 1) + "|")
