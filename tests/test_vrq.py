@@ -233,13 +233,13 @@ def test_last_level_codes_are_distinct_per_prefix_and_follow_content():
 
 def test_trained_codes_retrieve_held_out_photos_better_than_kmeans_codes(mini, tmp_path):
     recall = {}
-    for steps in (0, 300):
+    for steps in (0, 100):  # an AMD EPYC: held-out R@1 0.28 -> 0.49
         config = make_config("mvshop-mini", mini["root"], tmp_path, vrq_last_codes="auto", vrq_code_steps=steps)
         dataset, splits = build(config)
         report = sid_report(dataset.sid_tokenizer, gather(dataset, splits, config), max_queries=600)
         assert report["ICR_after_uniqueness"] == 1.0
         recall[steps] = report["recall_codes"]["R@1"]
-    assert recall[300] > recall[0] + 0.05, recall
+    assert recall[100] > recall[0] + 0.05, recall
 
 
 def test_tokenize_cli_prints_the_comparison(tiny_root, capsys, tmp_path, monkeypatch):
