@@ -1,4 +1,6 @@
-"""Shared by the OneVision tests: a tiny generated shop, a model on it, a few training steps."""
+"""Shared by the OneVision tests: a tiny generated shop, a model on it, a few training steps;
+and the benchmark scripts, loaded as modules."""
+import importlib.util
 import os
 import shutil
 
@@ -14,6 +16,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = os.path.join(REPO, "benchmarks")
 PHOTO_LESS = os.path.join(REPO, "properties", "photo-less.yaml")
 TINY = mvshop.MVShopSpec(n_items=300, n_users=40, sessions_per_user=8, branching=(3, 2, 2), n_brands=12)
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def prepare(root, tmp_path, config_files=None, **extra):

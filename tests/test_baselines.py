@@ -1,17 +1,16 @@
 """A RecBole baseline on real data, end to end: SASRec learns more than popularity; the
 per-user breakdown of benchmarks/breakdown.py agrees with RecBole's evaluator on them."""
-import importlib.util
 import json
 import os
 
 import pytest
 
+from onevision_support import load_benchmark
 from recbole_onevision.preprocess import s3rec
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import dataset_properties_file
 
 USERS = 10000  # a slice of Beauty: the first users of the file, all their items
-BREAKDOWN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "breakdown.py")
 
 
 def make_slice(src, out):
@@ -49,9 +48,7 @@ def test_sasrec_one_epoch_beats_pop_on_a_beauty_slice(slice_runs):
 
 def test_breakdown_overall_row_equals_recbole_test_metrics(slice_runs):
     folder, protocol, results = slice_runs
-    spec = importlib.util.spec_from_file_location("breakdown", BREAKDOWN)
-    breakdown = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(breakdown)
+    breakdown = load_benchmark("breakdown")
     argv = ["--dataset", "BeautySlice", "--runs", *(f"{m}={r['checkpoint']}" for m, r in results.items()),
             f"--data_path={folder}", f"--config_files={protocol}", "--MAX_ITEM_LIST_LENGTH=10"]
     table = breakdown.main(argv).splitlines()

@@ -1,10 +1,8 @@
 """MCA, the recall -> rank cascade: beats its own recall stage where personal taste decides."""
-import importlib.util
-import os
-
 import pytest
 import torch
 
+from onevision_support import load_benchmark
 from recbole_onevision.preprocess import mvshop
 from recbole_onevision.quick_start import run
 from recbole_onevision.registry import dataset_properties_file
@@ -27,11 +25,7 @@ def test_mca_beats_visual_recall_on_personalised_metrics(mini_root, tmp_path):
     for metric in ("orderhit@5", "orderndcg@10", "ndcg@10"):
         assert mca["test_result"][metric] > knn["test_result"][metric], metric
     # the ablation benchmark re-reads the checkpoint as run.py tested it, then without the user
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "generative_ablation.py")
-    spec = importlib.util.spec_from_file_location("generative_ablation", path)
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
-    rows = ablation.main(["--mca_checkpoint", mca["checkpoint"], "--dataset", "mvshop-mini", *common])
+    rows = load_benchmark("generative_ablation").main(["--mca_checkpoint", mca["checkpoint"], "--dataset", "mvshop-mini", *common])
     as_trained, alone = rows.values()
     assert {k: as_trained[k] for k in mca["test_result"]} == mca["test_result"]
     for metric in ("orderndcg@10", "ndcg@10"):  # taste decides among look-alikes: the user matters

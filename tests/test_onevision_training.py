@@ -2,14 +2,13 @@
 stage (pretrain, SFT, DPO) moves the weights and its loss, every stage is validated and
 checkpointed, a resumed run equals an uninterrupted one, one-off sessions train; and the score
 fusion benchmark re-evaluates a trained run as run.py would. Inference: test_onevision.py."""
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from onevision_support import BENCHMARKS, PHOTO_LESS, prepare, tinyshop, train_steps
+from onevision_support import PHOTO_LESS, load_benchmark, prepare, tinyshop, train_steps
 from recbole_onevision.model.onevision import objectives
 from recbole_onevision.quick_start import run
 
@@ -56,9 +55,7 @@ def test_score_fusion_script_evaluates_each_setting_as_a_run_would(tiny_root, tm
     common += ["--d_model=32", "--ffn_size=64", "--stages={'sft': {'epochs': 2}}"]
     trained = run("OneVision", "tinyshop", files, cmd_args=common + ["--ranking=fused"])
     checkpoint = trained["checkpoint"]
-    spec = importlib.util.spec_from_file_location("score_fusion", os.path.join(BENCHMARKS, "score_fusion.py"))
-    score_fusion = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(score_fusion)
+    score_fusion = load_benchmark("score_fusion")
     rows = score_fusion.main(["--checkpoint", checkpoint, "--dataset", "tinyshop", "--weights", "0,1", "--dense",
                               "--config_files=" + ",".join(files), *common])
     assert [r["setting"] for r in rows] == ["fusion weight 0 (beams alone)", "fusion weight 1 (ranking: fused)",
@@ -80,10 +77,7 @@ def test_generative_ablation_reads_a_model_trained_without_the_bias_alone(tiny_r
                "--node_outputs=True", "--metrics=['Recall','NDCG','ProductHit','OrderNDCG']", "--topk=[1,5,10]",
                "--valid_metric=NDCG@10"]
     trained = run("OneVision", "tinyshop", protocol, cmd_args=common)
-    spec = importlib.util.spec_from_file_location("generative_ablation", os.path.join(BENCHMARKS,
-                                                                                      "generative_ablation.py"))
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_benchmark("generative_ablation")
     rows = ablation.main(["--no_bias_checkpoint", trained["checkpoint"], "--dataset", "tinyshop",
                           "--config_files=" + ",".join(protocol), *common])
     assert list(rows) == ["trained and evaluated without the bias", "the same, photo alone (no profile, no history)"]

@@ -1,20 +1,15 @@
 """benchmarks/valid_test_gap.py: the popularity shares of leave-one-out targets and the cell table."""
-import importlib.util
 import json
 import os
 
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
-                      "valid_test_gap.py")
+from onevision_support import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gap():
-    spec = importlib.util.spec_from_file_location("valid_test_gap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("valid_test_gap")
 
 
 def write_inter(root, rows):
