@@ -11,6 +11,7 @@ from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.utils import FeatureType
 
 from recbole_onevision.data.multiview import MultiViewDataError, map_tokens, read_embedding_table
+from recbole_onevision.data.price_levels import add_float_levels
 
 
 def profile_fields(config, dataset) -> list[str]:
@@ -56,6 +57,10 @@ class MultiViewMixin:
     def __init__(self, config):
         super().__init__(config)
         self._load_multiview()
+
+    def _data_processing(self):
+        super()._data_processing()
+        self.derived_item_fields = add_float_levels(self, self.config["item_float_levels"])
 
     def build(self):
         splits = super().build()

@@ -98,7 +98,8 @@ def _attribute_fields(dataset, config) -> list[AttributeField]:
         return []
     wanted = config["vrq_attribute_fields"]
     category = config["vrq_category_field"]
-    available = [f for f in dataset.item_feat.columns if f != dataset.iid_field]
+    derived = getattr(dataset, "derived_item_fields", [])  # e.g. price_level: VRQ buckets price itself
+    available = [f for f in dataset.item_feat.columns if f != dataset.iid_field and f not in derived]
     if wanted is None:
         wanted = sorted(available, key=lambda f: f != category)
     for name in wanted:
