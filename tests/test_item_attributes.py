@@ -2,6 +2,7 @@
 import logging
 import re
 
+import pytest
 import torch
 
 from onevision_support import prepare, train_steps
@@ -65,3 +66,20 @@ def test_without_item_token_fields_the_attributes_are_off_and_logged(tiny_root, 
     assert re.search("item attributes +off", logged)
     _, _, model, _ = prepare(tiny_root, tmp_path, item_attributes=False)
     assert model.inputs.attributes is None
+
+
+def test_price_levels_are_read_as_an_attribute_and_leave_the_sids_alone(tiny_root, tmp_path):
+    _, _, plain, _ = prepare(tiny_root, tmp_path)
+    _, dataset, model, _ = prepare(tiny_root, tmp_path, item_float_levels=4)
+    attributes = model.inputs.attributes
+    assert attributes.fields == ["category", "brand", "price_level"]
+    assert attributes.embedding[2].num_embeddings == 5
+    assert torch.equal(model.codes.item_sid, plain.codes.item_sid)  # VRQ buckets price itself
+    assert "float fields in 4 levels" in model.params.table()
+    with pytest.raises(ValueError, match="trained with item_float_levels: 4 \\(this run: 0\\)"):
+        plain.load_state_dict(model.state_dict())
+    # two items of one leaf and brand that differ in price level differ in their attribute vectors
+    level = dataset.item_feat["price_level"]
+    every = attributes.items(torch.arange(dataset.item_num))
+    assert len(set(level[1:].tolist())) == 4
+    assert not torch.allclose(every[level == 1].mean(0), every[level == 4].mean(0))

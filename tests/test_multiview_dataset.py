@@ -98,3 +98,43 @@ def test_bad_files_are_refused_with_file_and_line(tiny, corrupt, message):
     corrupt(folder)
     with pytest.raises((MultiViewDataError, FileNotFoundError), match=message):
         load()
+
+
+def test_float_item_fields_become_levels_within_their_leaf_category(tiny):
+    folder, load = tiny
+    plain = load()
+    assert "price_level" not in plain.item_feat.columns  # off by default
+    config = Config("SASRec", "mvshop-mini", config_dict={
+        "data_path": str(folder.parent), "dataset_class": "MultiViewSequentialDataset", "state": "WARNING",
+        "item_float_levels": 4})
+    dataset = create_dataset(config)
+    assert dataset.derived_item_fields == ["price_level"] and dataset.num("price_level") == 5
+    feat = dataset.item_feat
+    level, price = feat["price_level"].to_numpy(), feat["price"].to_numpy()
+    leaf = np.array([" ".join(map(str, path)) for path in feat["category"]])
+    assert level[0] == 0 and set(level[1:]) <= {1, 2, 3, 4}
+    for path in set(leaf[1:]):
+        rows = np.flatnonzero(leaf == path)
+        rows = rows[rows > 0]
+        order = rows[np.argsort(price[rows], kind="stable")]
+        assert np.all(np.diff(level[order]) >= 0)  # dearer within the leaf: never a lower level
+        if len(rows) >= 4:
+            assert level[order[0]] == 1 and level[order[-1]] == 4
+    # relative to the leaf, not the catalogue: some leaf's cheapest item costs more than another's dearest
+    cheapest = {path: price[(leaf == path) & (np.arange(len(leaf)) > 0)].min() for path in set(leaf[1:])}
+    dearest = {path: price[(leaf == path) & (np.arange(len(leaf)) > 0)].max() for path in set(leaf[1:])}
+    assert max(cheapest.values()) > min(dearest.values())
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"item_float_levels": -1}, "item_float_levels: expected an integer >= 0"),
+    ({"item_float_levels": 4, "load_col": {"inter": ["user_id", "item_id", "query_id", "timestamp", "behaviour"],
+                                           "item": ["item_id", "brand", "price"]}},
+     "'category' \\(leaf_category_field\\), which is not loaded"),
+])
+def test_bad_float_level_settings_are_refused(tiny, extra, message):
+    folder, _ = tiny
+    config = Config("SASRec", "mvshop-mini", config_dict={
+        "data_path": str(folder.parent), "dataset_class": "MultiViewSequentialDataset", "state": "WARNING", **extra})
+    with pytest.raises(ValueError, match=message):
+        create_dataset(config)

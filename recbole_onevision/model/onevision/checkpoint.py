@@ -6,7 +6,7 @@ import torch
 FORMAT = 2  # raised whenever the weights' layout or meaning changes; older files are refused
 EXTRA = "_extra_state"  # torch's key for a module's get_extra_state()
 # settings recorded only when on (checkpoints from before them have none): absent means this
-OFF_WHEN_ABSENT = {"item_attributes": False, "node_outputs": False}
+OFF_WHEN_ABSENT = {"item_attributes": False, "item_float_levels": 0, "node_outputs": False}
 
 
 def extra_state(params, stages: tuple[str, ...], running: str | None) -> dict:

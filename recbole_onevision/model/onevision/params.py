@@ -38,6 +38,7 @@ class OneVisionParams:
     visual_bias: float  # 0 when off or without photos and views
     history_item_embedding: bool
     item_attributes: bool
+    item_float_levels: int  # float item fields read as levels among the attributes (0: none)
     node_outputs: bool
     photo_noise: float  # 0 without photos
     dense_weight: float
@@ -68,7 +69,9 @@ class OneVisionParams:
                 ("stages", ", ".join(self.stages)),
                 ("inputs", ", ".join(inputs)),
                 ("visual bias", f"scale {self.visual_bias:g}" if self.visual_bias else "off"),
-                ("item attributes", "history items and output codes" if self.item_attributes else "off"),
+                ("item attributes", ("history items and output codes" + (
+                    f", float fields in {self.item_float_levels} levels" if self.item_float_levels else ""))
+                 if self.item_attributes else "off"),
                 ("node outputs", ("a vector per trie node" + (", read with the photo" if self.photos else ""))
                  if self.node_outputs else "off"),
                 ("photo noise", f"{self.photo_noise:g}" if self.photo_noise else "off"),
@@ -84,11 +87,12 @@ class OneVisionParams:
         """What a checkpoint's weights mean: saved with them and compared on loading (what only
         changes inference, such as ranking, beam_size or pruning, may differ)."""
         keys = ("d_model", "n_heads", "layers", "ffn_size", "visual_tokens", "history_item_embedding", "item_attributes",
-                "node_outputs", "dense_readout", "dense_temperature")
+                "item_float_levels", "node_outputs", "dense_readout", "dense_temperature")
         out = {k: v for k, v in asdict(self).items() if k in keys}
         out.update(visual_bias=self.visual_bias > 0, dense_head=self.dense_weight > 0,
                    profile_fields=list(self.profile_fields))
-        for key in ("item_attributes", "node_outputs"):  # recorded only when on: older checkpoints still load
+        # recorded only when on: older checkpoints still load
+        for key in ("item_attributes", "item_float_levels", "node_outputs"):
             if not out[key]:
                 del out[key]
         if not self.dense_weight:  # an untrained head's settings mean nothing
@@ -111,6 +115,8 @@ class OneVisionParams:
         plan = {stage.name: stage for stage in stage_plan(config)}
         dpo = plan["dpo"].settings if "dpo" in plan else None
         runs = tuple(s for s in plan if s != "pretrain" or visual_tokens)
+        item_attributes = _bool(config["item_attributes"], "item_attributes") and (
+            dataset is None or bool(item_token_fields(dataset)))
         params = cls(
             d_model=d_model, n_heads=n_heads, layers=_int(config, "layers", 1), ffn_size=_int(config, "ffn_size", 1),
             dropout=_unit(config["dropout"], "dropout"),
@@ -118,8 +124,9 @@ class OneVisionParams:
             visual_tokens=visual_tokens,
             visual_bias=_number(config["visual_bias"], "visual_bias", 0) if visual_tokens and views else 0.0,
             history_item_embedding=_bool(config["history_item_embedding"], "history_item_embedding"),
-            item_attributes=_bool(config["item_attributes"], "item_attributes") and (
-                dataset is None or bool(item_token_fields(dataset))),
+            item_attributes=item_attributes,
+            item_float_levels=config["item_float_levels"] if item_attributes and (
+                dataset is None or getattr(dataset, "derived_item_fields", None)) else 0,
             node_outputs=_bool(config["node_outputs"], "node_outputs"),
             photo_noise=_number(config["photo_noise"], "photo_noise", 0) if visual_tokens else 0.0,
             dense_weight=_number(dense.get("weight"), "dense_head weight", 0),
