@@ -11,13 +11,15 @@ from onevision_support import prepare, train_steps
 def test_node_vectors_are_the_means_of_the_items_below_and_follow_the_weights(tiny_root, tmp_path):
     _, dataset, model, (train, _, _) = prepare(tiny_root, tmp_path)
     attributes = model.inputs.attributes
-    assert model.params.item_attributes and attributes.fields == ["category", "brand"]
+    assert model.params.item_attributes and attributes.fields == ["category", "brand", "price_level"]
     every = attributes.items(torch.arange(dataset.item_num))
     assert torch.equal(every[0], torch.zeros_like(every[0]))  # padding
-    # an item's vector: its brand's embedding + the mean of its category path's embeddings
+    # an item's vector: its brand's and price level's embeddings + the mean of its category path's
     brand, category = dataset.item_feat["brand"][5], dataset.item_feat["category"][5]
+    level = dataset.item_feat["price_level"][5]
     path = category[category > 0]
-    expected = attributes.embedding[1].weight[brand] + attributes.embedding[0].weight[path].mean(0)
+    expected = (attributes.embedding[1].weight[brand] + attributes.embedding[2].weight[level]
+                + attributes.embedding[0].weight[path].mean(0))
     assert torch.allclose(every[5], expected, atol=1e-6)
     model.eval()
     with torch.no_grad():
@@ -60,7 +62,7 @@ def test_without_item_token_fields_the_attributes_are_off_and_logged(tiny_root, 
             "user": ["user_id", "age", "region"]}
     with caplog.at_level(logging.INFO):
         _, _, model, _ = prepare(tiny_root, tmp_path, load_col=load, state="INFO",
-                                 vrq_attribute_fields=["price"])
+                                 vrq_attribute_fields=["price"], item_float_levels=0)
     assert not model.params.item_attributes and model.inputs.attributes is None
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert re.search("item attributes +off", logged)
@@ -69,7 +71,8 @@ def test_without_item_token_fields_the_attributes_are_off_and_logged(tiny_root, 
 
 
 def test_price_levels_are_read_as_an_attribute_and_leave_the_sids_alone(tiny_root, tmp_path):
-    _, _, plain, _ = prepare(tiny_root, tmp_path)
+    _, _, plain, _ = prepare(tiny_root, tmp_path, item_float_levels=0)
+    assert plain.inputs.attributes.fields == ["category", "brand"]
     _, dataset, model, _ = prepare(tiny_root, tmp_path, item_float_levels=4)
     attributes = model.inputs.attributes
     assert attributes.fields == ["category", "brand", "price_level"]

@@ -102,12 +102,15 @@ def test_bad_files_are_refused_with_file_and_line(tiny, corrupt, message):
 
 def test_float_item_fields_become_levels_within_their_leaf_category(tiny):
     folder, load = tiny
-    plain = load()
-    assert "price_level" not in plain.item_feat.columns  # off by default
-    config = Config("SASRec", "mvshop-mini", config_dict={
-        "data_path": str(folder.parent), "dataset_class": "MultiViewSequentialDataset", "state": "WARNING",
-        "item_float_levels": 4})
-    dataset = create_dataset(config)
+
+    def with_levels(levels):
+        return create_dataset(Config("SASRec", "mvshop-mini", config_dict={
+            "data_path": str(folder.parent), "dataset_class": "MultiViewSequentialDataset", "state": "WARNING",
+            "item_float_levels": levels}))
+
+    assert load().num("price_level") == 9  # MVShop's default: eight levels
+    assert "price_level" not in with_levels(0).item_feat.columns
+    dataset = with_levels(4)
     assert dataset.derived_item_fields == ["price_level"] and dataset.num("price_level") == 5
     feat = dataset.item_feat
     level, price = feat["price_level"].to_numpy(), feat["price"].to_numpy()
