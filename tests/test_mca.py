@@ -25,7 +25,8 @@ def test_mca_beats_visual_recall_on_personalised_metrics(mini_root, tmp_path):
     for metric in ("orderhit@5", "orderndcg@10", "ndcg@10"):
         assert mca["test_result"][metric] > knn["test_result"][metric], metric
     # the ablation benchmark re-reads the checkpoint as run.py tested it, then without the user
-    rows = load_benchmark("generative_ablation").main(["--mca_checkpoint", mca["checkpoint"], "--dataset", "mvshop-mini", *common])
+    ablation = load_benchmark("generative_ablation")
+    rows = ablation.main(["--mca_checkpoint", mca["checkpoint"], "--dataset", "mvshop-mini", *common])
     as_trained, alone = rows.values()
     assert {k: as_trained[k] for k in mca["test_result"]} == mca["test_result"]
     for metric in ("orderndcg@10", "ndcg@10"):  # taste decides among look-alikes: the user matters

@@ -23,10 +23,10 @@ def tiny(tiny_source, tmp_path):
     folder = tmp_path / "mvshop-mini"
     shutil.copytree(tiny_source, folder)
 
-    def load(model="SASRec", dataset_class="MultiViewSequentialDataset"):
+    def load(model="SASRec", dataset_class="MultiViewSequentialDataset", **extra):
         config = Config(model, "mvshop-mini", config_dict={
             "data_path": str(tmp_path), "dataset_class": dataset_class, "state": "WARNING",
-            "checkpoint_dir": str(tmp_path / "saved")})
+            "checkpoint_dir": str(tmp_path / "saved"), **extra})
         return create_dataset(config)
 
     return folder, load
@@ -101,21 +101,16 @@ def test_bad_files_are_refused_with_file_and_line(tiny, corrupt, message):
 
 
 def test_float_item_fields_become_levels_within_their_leaf_category(tiny):
-    folder, load = tiny
-
-    def with_levels(levels):
-        return create_dataset(Config("SASRec", "mvshop-mini", config_dict={
-            "data_path": str(folder.parent), "dataset_class": "MultiViewSequentialDataset", "state": "WARNING",
-            "item_float_levels": levels}))
-
+    _, load = tiny
     assert load().num("price_level") == 9  # MVShop's default: eight levels
-    assert "price_level" not in with_levels(0).item_feat.columns
-    dataset = with_levels(4)
+    assert "price_level" not in load(item_float_levels=0).item_feat.columns
+    dataset = load(item_float_levels=4)
     assert dataset.derived_item_fields == ["price_level"] and dataset.num("price_level") == 5
     feat = dataset.item_feat
     level, price = feat["price_level"].to_numpy(), feat["price"].to_numpy()
     leaf = np.array([" ".join(map(str, path)) for path in feat["category"]])
     assert level[0] == 0 and set(level[1:]) <= {1, 2, 3, 4}
+    cheapest, dearest = [], []
     for path in set(leaf[1:]):
         rows = np.flatnonzero(leaf == path)
         rows = rows[rows > 0]
@@ -123,10 +118,10 @@ def test_float_item_fields_become_levels_within_their_leaf_category(tiny):
         assert np.all(np.diff(level[order]) >= 0)  # dearer within the leaf: never a lower level
         if len(rows) >= 4:
             assert level[order[0]] == 1 and level[order[-1]] == 4
+        cheapest.append(price[order[0]])
+        dearest.append(price[order[-1]])
     # relative to the leaf, not the catalogue: some leaf's cheapest item costs more than another's dearest
-    cheapest = {path: price[(leaf == path) & (np.arange(len(leaf)) > 0)].min() for path in set(leaf[1:])}
-    dearest = {path: price[(leaf == path) & (np.arange(len(leaf)) > 0)].max() for path in set(leaf[1:])}
-    assert max(cheapest.values()) > min(dearest.values())
+    assert max(cheapest) > min(dearest)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -136,8 +131,6 @@ def test_float_item_fields_become_levels_within_their_leaf_category(tiny):
      "'category' \\(leaf_category_field\\), which is not loaded"),
 ])
 def test_bad_float_level_settings_are_refused(tiny, extra, message):
-    folder, _ = tiny
-    config = Config("SASRec", "mvshop-mini", config_dict={
-        "data_path": str(folder.parent), "dataset_class": "MultiViewSequentialDataset", "state": "WARNING", **extra})
+    _, load = tiny
     with pytest.raises(ValueError, match=message):
-        create_dataset(config)
+        load(**extra)
