@@ -64,8 +64,9 @@ def train(root):
             if COPIED.search(name):
                 shutil.copy(os.path.join(src, name), dst / name)
     image_folder.convert(str(root / "eth"), str(root / "data"), "ethpage", query_pattern="-022-", show_progress=False)
+    # 6 items: the protocol's top 10 (and its NDCG@10 selection) would be refused
     common = {"data_path": str(root / "data"), "checkpoint_dir": str(root / "saved"), "show_progress": False,
-              "state": "WARNING", "topk": [1, 5]}  # 6 items: the protocol's top 10 would be refused
+              "state": "WARNING", "topk": [1, 5], "valid_metric": "NDCG@5"}
     sizes = {"OneVision": {"d_model": 32, "ffn_size": 64, "vrq_align": False, "stages": {"pretrain": {"epochs": 3}}},
              "VisualKNN": {"epochs": 1}}
     # the converter wrote image-folder.yaml's protocol beside the data: no config file needed
