@@ -3,12 +3,13 @@
 Precedence, lowest first: RecBole's defaults (overall, model, dataset, model-type quick
 start) < the plugin's ``properties/overall.yaml`` < the plugin's ``properties/model/<Model>.yaml``
 < the plugin's ``properties/dataset/<dataset>.yaml`` < ``<data_path>/<dataset>/<dataset>.yaml``
-(written by a converter beside the data) < config files < ``config_dict`` <
-command-line ``--key=value`` overrides.
+(written by a converter beside the data: the plugin protocol its ``protocol:`` names, then its
+own keys) < config files < ``config_dict`` < command-line ``--key=value`` overrides.
 """
 from __future__ import annotations
 
 import os
+from logging import getLogger
 
 import torch
 from recbole.config import Config as RecBoleConfig
@@ -149,9 +150,26 @@ class Config(RecBoleConfig):
             os.path.join(registry.PROPERTIES_DIR, "overall.yaml"),
             registry.model_properties_file(model),
             registry.dataset_properties_file(dataset),
-            # a converter's protocol beside the data: above the plugin's, below the user's files
-            registry.data_properties_file(self.external_config_dict.get("data_path")
-                                          or self.internal_config_dict.get("data_path") or "dataset/", dataset),
         ):
             if path:
                 self._update_internal_config_dict(path)
+        # a converter's file beside the data: above the plugin's, below the user's files
+        beside = registry.data_properties_file(self.external_config_dict.get("data_path")
+                                               or self.internal_config_dict.get("data_path") or "dataset/", dataset)
+        if beside:
+            self._load_data_properties(beside)
+
+    def _load_data_properties(self, path: str):
+        """The plugin protocol that ``path`` names (``protocol: <name>``), then its own keys."""
+        config_dict = load_yaml(path, self.yaml_loader) or {}
+        name = config_dict.pop("protocol", None)
+        if name is not None:
+            protocol = registry.named_protocol_file(name)
+            if protocol is None:
+                raise ValueError(f"{path}: protocol {name!r}: expected one of the plugin's dataset protocols "
+                                 f"({', '.join(registry.protocol_names())})")
+            self._update_internal_config_dict(protocol)
+        elif registry.is_protocol_copy(path):
+            getLogger(__name__).warning("%s is an old converter's copy of a protocol, kept as it was converted; "
+                                        "convert the folder again to follow the plugin's protocol", path)
+        layer(self.internal_config_dict, config_dict)

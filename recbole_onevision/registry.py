@@ -94,10 +94,27 @@ def dataset_properties_file(dataset_name: str) -> str | None:
 
 
 def data_properties_file(data_path: str, dataset_name: str) -> str | None:
-    """``<data_path>/<dataset>/<dataset>.yaml``: the protocol a converter wrote beside the data
-    (e.g. an image folder converted under a new name), or None."""
+    """``<data_path>/<dataset>/<dataset>.yaml``: the file a converter wrote beside the data
+    (e.g. an image folder converted under a new name), naming its protocol; or None."""
     path = os.path.join(data_path, dataset_name, f"{dataset_name}.yaml")
     return path if os.path.isfile(path) else None
+
+
+def protocol_names() -> list[str]:
+    """The plugin's dataset protocols, by the name a converter's ``protocol:`` key gives."""
+    return sorted(f[:-5] for f in os.listdir(os.path.join(PROPERTIES_DIR, "dataset")) if f.endswith(".yaml"))
+
+
+def named_protocol_file(name) -> str | None:
+    """``properties/dataset/<name>.yaml`` if ``name`` is one of :func:`protocol_names`, else None."""
+    return os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml") if name in protocol_names() else None
+
+
+def is_protocol_copy(path: str) -> bool:
+    """Whether ``path`` is a whole protocol copied by an older converter, which a change to the
+    plugin's protocol does not reach."""
+    with open(path, encoding="utf-8") as f:
+        return "(a copy of recbole_onevision/properties/dataset/" in f.readline()
 
 
 def get_trainer(model_type, model_name: str) -> type:

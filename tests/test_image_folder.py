@@ -103,19 +103,60 @@ def test_two_images_one_name_in_one_folder_are_refused(tmp_path):
         image_folder.scan(str(tmp_path))
 
 
-def test_a_converted_folder_runs_under_its_own_name_without_config_files(tmp_path):
-    """The converter writes the protocol beside the data; the config reads it for that name."""
-    from recbole_onevision.config import Config
-
+def convert_two_objects(tmp_path):
     for obj in ["o1", "o2"]:
         for view in range(4):
             touch(str(tmp_path / "src" / "cat" / obj / f"{view}.jpg"))
-    image_folder.convert(str(tmp_path / "src"), str(tmp_path / "out"), "myshop", query_pattern="^[01]$",
-                         encoder=FakeEncoder(), show_progress=False)
+    return image_folder.convert(str(tmp_path / "src"), str(tmp_path / "out"), "myshop", query_pattern="^[01]$",
+                                encoder=FakeEncoder(), show_progress=False)
+
+
+def test_a_converted_folder_runs_under_its_own_name_without_config_files(tmp_path):
+    """The converter names the protocol beside the data; the config reads it for that name."""
+    from recbole_onevision.config import Config
+
+    convert_two_objects(tmp_path)
     config = Config("VisualKNN", "myshop", config_dict={"data_path": str(tmp_path / "out"), "state": "WARNING"})
     assert config["empty_history_rows"] is True and config["eval_args"]["split"] == {"RS": [9, 2, 2]}
+    assert "protocol" not in config.final_config_dict
     other = Config("VisualKNN", "myshop", config_dict={"data_path": str(tmp_path / "elsewhere"), "state": "WARNING"})
     assert not other["empty_history_rows"]
+
+
+def test_a_change_to_the_protocol_reaches_a_folder_converted_before(tmp_path, monkeypatch):
+    """The folder names the protocol instead of copying it; its own keys still override it."""
+    from recbole_onevision import registry
+    from recbole_onevision.config import Config
+
+    folder = convert_two_objects(tmp_path)
+    properties = tmp_path / "properties"
+    shutil.copytree(registry.PROPERTIES_DIR, properties)
+    protocol = properties / "dataset" / "image-folder.yaml"
+    protocol.write_text(protocol.read_text().replace("valid_metric: NDCG@10", "valid_metric: Hit@5"))
+    monkeypatch.setattr(registry, "PROPERTIES_DIR", str(properties))
+    config = Config("VisualKNN", "myshop", config_dict={"data_path": str(tmp_path / "out"), "state": "WARNING"})
+    assert config["valid_metric"] == "Hit@5"
+    with open(f"{folder}/myshop.yaml", "a") as f:
+        f.write("topk: [1, 5]\n")
+    config = Config("VisualKNN", "myshop", config_dict={"data_path": str(tmp_path / "out"), "state": "WARNING"})
+    assert config["topk"] == [1, 5] and config["valid_metric"] == "Hit@5"
+
+
+def test_an_unknown_protocol_or_an_old_copy_is_named(tmp_path, caplog):
+    from recbole_onevision.config import Config
+
+    folder = convert_two_objects(tmp_path)
+    common = {"data_path": str(tmp_path / "out"), "state": "WARNING"}
+    with open(f"{folder}/myshop.yaml", "w") as f:
+        f.write("protocol: image-folders\n")
+    with pytest.raises(ValueError, match=r"myshop.yaml: protocol 'image-folders': expected one of .*image-folder"):
+        Config("VisualKNN", "myshop", config_dict=common)
+    with open(f"{folder}/myshop.yaml", "w") as f:  # as converters wrote it before
+        f.write("# Written by the image-folder converter: this dataset's protocol (a copy of "
+                "recbole_onevision/properties/dataset/image-folder.yaml).\nvalid_metric: Recall@5\ntopk: [1, 5]\n")
+    config = Config("VisualKNN", "myshop", config_dict=common)
+    assert config["valid_metric"] == "Recall@5"
+    assert "myshop.yaml is an old converter's copy of a protocol" in caplog.text
 
 
 def test_view_pattern_keeps_only_matching_views_and_says_what_it_left_out(tmp_path, caplog):

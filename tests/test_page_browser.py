@@ -69,7 +69,7 @@ def train(root):
               "state": "WARNING", "topk": [1, 5], "valid_metric": "NDCG@5"}
     sizes = {"OneVision": {"d_model": 32, "ffn_size": 64, "vrq_align": False, "stages": {"pretrain": {"epochs": 3}}},
              "VisualKNN": {"epochs": 1}}
-    # the converter wrote image-folder.yaml's protocol beside the data: no config file needed
+    # the converter named image-folder.yaml's protocol beside the data: no config file needed
     return {name: run(name, "ethpage", config_dict={**common, **sizes[name]})["checkpoint"] for name in NAMES}
 
 

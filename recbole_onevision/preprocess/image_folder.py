@@ -213,10 +213,11 @@ def convert(src: str, out: str, name: str | None = None, query_pattern: str | No
     for ext, rows in (("view.npy", views), ("query.npy", queries)):
         with atomic_open(path(ext), "wb") as f:
             np.save(f, embeddings[rows])
-    protocol = os.path.join(os.path.dirname(os.path.dirname(__file__)), "properties", "dataset", "image-folder.yaml")
-    with open(protocol, encoding="utf-8") as f:  # so run.py --dataset=<name> needs no --config_files
-        atomic_write_text(path("yaml"), "# Written by the image-folder converter: this dataset's protocol "
-                          "(a copy of recbole_onevision/properties/dataset/image-folder.yaml).\n" + f.read())
+    # names the protocol rather than copying it, so a change to image-folder.yaml reaches
+    # folders converted before; run.py --dataset=<name> then needs no --config_files
+    atomic_write_text(path("yaml"), "# Written by the image-folder converter: this dataset follows the plugin's "
+                      "protocol recbole_onevision/properties/dataset/image-folder.yaml.\n"
+                      "# Keys added below override it for this dataset alone.\nprotocol: image-folder\n")
     write_photo_record(path("photos.json"), encoder.describe(), src,
                        {ids[i]: records[i][2] for i in np.concatenate([views, queries])})
     logger.info("%s: %d items, %d catalogue views, %d query photos -> %s", name, len(objects), len(views),
