@@ -162,8 +162,8 @@ class Config(RecBoleConfig):
     def _load_data_properties(self, path: str):
         """The plugin protocol that ``path`` names (``protocol: <name>``), then its own keys."""
         config_dict = load_yaml(path, self.yaml_loader) or {}
-        name = config_dict.pop("protocol", None)
-        if name is not None:
+        if "protocol" in config_dict:
+            name = config_dict.pop("protocol")
             protocol = registry.named_protocol_file(name)
             if protocol is None:
                 raise ValueError(f"{path}: protocol {name!r}: expected one of the plugin's dataset protocols "

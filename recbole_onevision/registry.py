@@ -110,11 +110,17 @@ def named_protocol_file(name) -> str | None:
     return os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml") if name in protocol_names() else None
 
 
+# first lines of the whole protocols that older converters copied beside the data
+OLD_COPY_HEADERS = ("(a copy of recbole_onevision/properties/dataset/",
+                    "# written by recbole_onevision.preprocess.sample_users\n")
+
+
 def is_protocol_copy(path: str) -> bool:
     """Whether ``path`` is a whole protocol copied by an older converter, which a change to the
     plugin's protocol does not reach."""
     with open(path, encoding="utf-8") as f:
-        return "(a copy of recbole_onevision/properties/dataset/" in f.readline()
+        first = f.readline()
+    return any(header in first for header in OLD_COPY_HEADERS)
 
 
 def get_trainer(model_type, model_name: str) -> type:

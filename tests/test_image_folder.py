@@ -147,10 +147,11 @@ def test_an_unknown_protocol_or_an_old_copy_is_named(tmp_path, caplog):
 
     folder = convert_two_objects(tmp_path)
     common = {"data_path": str(tmp_path / "out"), "state": "WARNING"}
-    with open(f"{folder}/myshop.yaml", "w") as f:
-        f.write("protocol: image-folders\n")
-    with pytest.raises(ValueError, match=r"myshop.yaml: protocol 'image-folders': expected one of .*image-folder"):
-        Config("VisualKNN", "myshop", config_dict=common)
+    for name in ("image-folders", "../dataset/image-folder", None):
+        with open(f"{folder}/myshop.yaml", "w") as f:
+            f.write(f"protocol: {name if name else '~'}\n")
+        with pytest.raises(ValueError, match=rf"myshop.yaml: protocol {name!r}: expected one of .*image-folder"):
+            Config("VisualKNN", "myshop", config_dict=common)
     with open(f"{folder}/myshop.yaml", "w") as f:  # as converters wrote it before
         f.write("# Written by the image-folder converter: this dataset's protocol (a copy of "
                 "recbole_onevision/properties/dataset/image-folder.yaml).\nvalid_metric: Recall@5\ntopk: [1, 5]\n")

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 
 from recbole_onevision.preprocess.sample_users import SampleError, main, sample_users
 
@@ -38,7 +39,9 @@ def test_the_sample_keeps_the_catalogue_and_only_the_sampled_users_rows(tiny_roo
 def test_the_sample_runs_under_its_own_name(tiny_root, tmp_path):
     from recbole_onevision.quick_start import run
 
-    sample_users(str(tiny_root / "mvshop-mini"), 20, "tiny-u20", out=str(tmp_path))
+    folder = sample_users(str(tiny_root / "mvshop-mini"), 20, "tiny-u20", out=str(tmp_path))
+    with open(os.path.join(folder, "tiny-u20.yaml"), encoding="utf-8") as f:
+        assert yaml.safe_load(f) == {"protocol": "mvshop"}  # named, not copied: protocol changes reach it
     result = run("VisualKNN", "tiny-u20", cmd_args=[f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path}",
                                                     "--show_progress=False", "--state=WARNING",
                                                     "--metrics=['NDCG','ProductHit']"])

@@ -21,7 +21,6 @@ import sys
 import numpy as np
 
 from recbole_onevision.io import atomic_open, atomic_write_text, utf8_lines
-from recbole_onevision.registry import PROPERTIES_DIR
 
 logger = logging.getLogger(__name__)
 SHARED = ("item", "view", "view.npy")  # the catalogue: kept whole
@@ -102,8 +101,10 @@ def sample_users(src: str, users: int, name: str, out: str | None = None, seed: 
     with atomic_open(path(folder, name, "query.npy"), "wb") as f:
         np.save(f, np.ascontiguousarray(photos[index]))
     _write_lines(path(folder, name, "query"), query)
-    with open(os.path.join(PROPERTIES_DIR, "dataset", "mvshop.yaml"), encoding="utf-8") as f:
-        atomic_write_text(path(folder, name, "yaml"), f"# written by recbole_onevision.preprocess.sample_users\n{f.read()}")
+    # names MVShop's protocol rather than copying it, so a change to mvshop.yaml reaches the sample
+    atomic_write_text(path(folder, name, "yaml"), "# Written by recbole_onevision.preprocess.sample_users: this "
+                      "dataset follows the plugin's protocol recbole_onevision/properties/dataset/mvshop.yaml.\n"
+                      "protocol: mvshop\n")
     record = {"source": os.path.abspath(src), "seed": seed, "users": users, "of_users": len(ids),
               "sessions": len(inter) - 1, "queries": len(query) - 1}
     atomic_write_text(path(folder, name, "json"), json.dumps(record, indent=2) + "\n")
