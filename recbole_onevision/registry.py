@@ -87,8 +87,8 @@ DATASET_FAMILIES = {"Beauty": "amazon-s3rec", "Toys": "amazon-s3rec", "eth80": "
 def dataset_properties_file(dataset_name: str) -> str | None:
     """The plugin's protocol YAML for ``dataset_name`` (its own, or its family's), or None."""
     for name in (dataset_name, DATASET_FAMILIES.get(dataset_name)):
-        path = os.path.join(PROPERTIES_DIR, "dataset", f"{name}.yaml")
-        if name and os.path.isfile(path):
+        path = named_protocol_file(name)
+        if path:
             return path
     return None
 
